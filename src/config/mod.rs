@@ -1,0 +1,793 @@
+//! `gateway.toml`: the raw TOML document (`raw`), the checked value types
+//! (`types`), secret reading (`secrets`) and the validated [`Config`] that the
+//! rest of the gateway consumes.
+//!
+//! Loading is parse → check every key → read secrets and certificates. Every
+//! problem found is reported at once, each naming its key and line. No
+//! function here touches the network or binds a socket, so `check` and
+//! tests can call [`Config::from_toml_str`] freely.
+
+pub mod error;
+mod raw;
+pub mod secrets;
+pub mod types;
+
+use std::collections::HashSet;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration as StdDuration;
+
+use http::Method;
+use rustls_pki_types::{CertificateDer, PrivateKeyDer};
+use secrecy::{ExposeSecret, SecretString};
+use serde::Deserialize;
+use toml::Spanned;
+
+pub use error::{ConfigError, Problem};
+use error::line_of;
+pub use secrets::{ApiKey, Env, ProcessEnv, WebhookSecret};
+pub use types::{ByteSize, Cidr, Duration, HttpsUrl, ListenAddr, SecretRef};
+
+use crate::outbound::allowlist::Allowlist;
+
+/// Whether the gateway talks to PayMongo's test or live environment. Keys and
+/// webhook events of the other kind are refused.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Mode {
+    /// `sk_test_` keys; webhooks verified against `te`.
+    Test,
+    /// `sk_live_` keys; webhooks verified against `li`.
+    Live,
+}
+
+/// Log line encoding.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    /// Human-readable `key=value` lines (default).
+    #[default]
+    Text,
+    /// One JSON object per line.
+    Json,
+}
+
+/// Where idempotency records and seen webhook event ids live.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum StoreKind {
+    /// In this process, bounded by `max_memory` (default).
+    #[default]
+    Memory,
+    /// Shared by every replica through Redis.
+    Redis,
+}
+
+/// What a duplicate request does while the first is still in flight.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum InFlight {
+    /// Wait up to `wait_timeout` for the first to finish, then replay it (default).
+    #[default]
+    Wait,
+    /// Answer 409 `idempotency_key_in_use` at once.
+    Reject,
+}
+
+/// What to do with an idempotent request when the store cannot be reached.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum OnStoreError {
+    /// Forward anyway; PayMongo still dedupes on the forwarded key (default).
+    #[default]
+    Forward,
+    /// Answer 503 `idempotency_store_unavailable`.
+    Reject,
+}
+
+/// How a webhook endpoint's signature header is checked.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum SignatureScheme {
+    /// `Paymongo-Signature: t=..,te=..,li=..` over `"<t>.<body>"` (default).
+    #[default]
+    Paymongo,
+    /// `Paymongo-Signature: <hex HMAC-SHA256(secret, body)>`, no timestamp.
+    HmacHex,
+}
+
+/// The validated configuration.
+#[derive(Clone, Debug)]
+pub struct Config {
+    /// `mode`: `"test"` or `"live"`. Required.
+    pub mode: Mode,
+    /// `drain_timeout`: how long shutdown (and a removed listener) waits for
+    /// in-flight requests. Default `"30s"`.
+    pub drain_timeout: StdDuration,
+    /// `[upstream]`.
+    pub upstream: UpstreamConfig,
+    /// `[[service]]`, in file order.
+    pub services: Vec<ServiceConfig>,
+    /// `[log]`.
+    pub log: LogConfig,
+    /// `[idempotency]`.
+    pub idempotency: IdempotencyConfig,
+    /// `[webhooks]`, if present.
+    pub webhooks: Option<WebhooksConfig>,
+    /// `[admin]`.
+    pub admin: AdminConfig,
+}
+
+/// `[upstream]`: the PayMongo API and how to reach it.
+#[derive(Clone, Debug)]
+pub struct UpstreamConfig {
+    /// `url`: `https://host[:port]`. Default `"https://api.paymongo.com"`.
+    pub url: HttpsUrl,
+    /// `ca_file`: PEM certificates *added* to the webpki roots. Default none.
+    pub ca_file: Option<PathBuf>,
+    /// The certificates read from `ca_file`.
+    pub extra_roots: Vec<CertificateDer<'static>>,
+    /// `connect_timeout`: TCP connect limit. Default `"5s"`.
+    pub connect_timeout: StdDuration,
+    /// `timeout`: limit from sending the request to the end of the response
+    /// head (whole response for idempotent requests). Default `"30s"`.
+    pub timeout: StdDuration,
+    /// `pool_idle_timeout`: idle pooled connections are closed after this. Default `"90s"`.
+    pub pool_idle_timeout: StdDuration,
+    /// `pool_max_idle`: idle connections kept to the upstream. Default `256`.
+    pub pool_max_idle: usize,
+}
+
+/// One `[[service]]`: an internal caller, identified by the listener it uses.
+#[derive(Clone, Debug)]
+pub struct ServiceConfig {
+    /// `name`: unique, used in logs, metrics and the idempotency scope. Required.
+    pub name: Arc<str>,
+    /// `listen`: `IP:PORT` or `unix:/path`. Required; loopback unless `allow_remote`.
+    pub listen: ListenAddr,
+    /// `secret_key`: `{ env = ".." }` or `{ file = ".." }`. Required.
+    pub key_source: SecretRef,
+    /// The key read from `secret_key`.
+    pub key: ApiKey,
+    /// `allow`: `"METHOD /path"` rules, `*` = one segment. Default: all of `/v1/**` and `/v2/**`.
+    pub allow: Allowlist,
+    /// `allow_remote` + `allow_from`: for a non-loopback listener, the CIDR
+    /// networks whose peers are admitted. `None` for local listeners.
+    pub allow_from: Option<Vec<Cidr>>,
+    /// `max_body`: request body limit in bytes. Default `"1MiB"`.
+    pub max_body: u64,
+}
+
+/// `[log]`.
+#[derive(Clone, Debug)]
+pub struct LogConfig {
+    /// `format`: `"text"` or `"json"`. Default `"text"`.
+    pub format: LogFormat,
+    /// `level`: a tracing filter such as `"info"` or `"info,paymongo_gateway=debug"`. Default `"info"`.
+    pub level: String,
+}
+
+/// `[idempotency]`.
+#[derive(Clone, Debug)]
+pub struct IdempotencyConfig {
+    /// `store`: `"memory"` or `"redis"`. Default `"memory"`.
+    pub store: StoreKind,
+    /// `ttl`: how long a completed response is replayed. Default `"24h"`.
+    pub ttl: StdDuration,
+    /// `max_memory`: byte bound of the memory store. Default `"64MiB"`.
+    pub max_memory: u64,
+    /// `max_response`: larger upstream responses are passed through but not stored. Default `"1MiB"`.
+    pub max_response: u64,
+    /// `methods`: methods deduplicated when they carry `Idempotency-Key`. Default `["POST"]`.
+    pub methods: Vec<Method>,
+    /// `in_flight`: `"wait"` or `"reject"`. Default `"wait"`.
+    pub in_flight: InFlight,
+    /// `wait_timeout`: how long a duplicate waits in `"wait"` mode. Default `"35s"`.
+    pub wait_timeout: StdDuration,
+    /// `lease`: a claim whose owner vanished expires after this; must exceed
+    /// `upstream.timeout`. Default `"60s"`.
+    pub lease: StdDuration,
+    /// `on_store_error`: `"forward"` or `"reject"`. Default `"forward"`.
+    pub on_store_error: OnStoreError,
+    /// `redis_url` (required when `store = "redis"`): a URL without a password,
+    /// or `{ env = .. }` / `{ file = .. }`. `rediss://` for TLS.
+    pub redis_url: Option<SecretString>,
+    /// `redis_timeout`: per-command and connect limit for Redis. Default `"1s"`.
+    pub redis_timeout: StdDuration,
+}
+
+/// A TLS certificate chain and its private key, read from PEM files.
+#[derive(Clone)]
+pub struct TlsIdentity {
+    /// Leaf first.
+    pub chain: Vec<CertificateDer<'static>>,
+    /// The leaf's private key.
+    pub key: Arc<PrivateKeyDer<'static>>,
+    /// Where the certificate came from (for messages).
+    pub cert_path: PathBuf,
+}
+
+impl std::fmt::Debug for TlsIdentity {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TlsIdentity")
+            .field("cert_path", &self.cert_path)
+            .field("chain_len", &self.chain.len())
+            .field("key", &"[REDACTED]")
+            .finish()
+    }
+}
+
+/// `[webhooks]`: the listener PayMongo delivers events to.
+#[derive(Clone, Debug)]
+pub struct WebhooksConfig {
+    /// `listen`: `IP:PORT` (usually public) or `unix:/path`. Required.
+    pub listen: ListenAddr,
+    /// `tls_cert` + `tls_key`: PEM files. Required unless `plaintext = true`.
+    pub tls: Option<TlsIdentity>,
+    /// `max_body`: largest event body accepted, bytes. Default `"1MiB"`.
+    pub max_body: u64,
+    /// `tolerance`: allowed |now - t| of a `paymongo` signature. Default `"300s"`.
+    pub tolerance: StdDuration,
+    /// `dedupe_ttl`: how long a delivered event id is remembered. Default `"24h"`.
+    pub dedupe_ttl: StdDuration,
+    /// `[[webhooks.endpoint]]`, at least one.
+    pub endpoints: Vec<EndpointConfig>,
+}
+
+/// One `[[webhooks.endpoint]]`.
+#[derive(Clone, Debug)]
+pub struct EndpointConfig {
+    /// `path`: the URL path registered with PayMongo, e.g. `/webhooks/paymongo`. Required, unique.
+    pub path: String,
+    /// `secrets`: current secret first, during a rotation the previous one second. Required.
+    pub secrets: Vec<WebhookSecret>,
+    /// `forward_to`: the inward URL. `http://` only to loopback or with `forward_socket`.
+    pub forward_to: http::Uri,
+    /// `forward_socket`: deliver over this Unix socket instead of TCP. Default none.
+    pub forward_socket: Option<PathBuf>,
+    /// `signature`: `"paymongo"` or `"hmac-hex"`. Default `"paymongo"`.
+    pub signature: SignatureScheme,
+    /// `forward_timeout`: limit for the inward delivery. Default `"10s"`.
+    pub forward_timeout: StdDuration,
+}
+
+/// `[admin]`: health, readiness and metrics.
+#[derive(Clone, Debug)]
+pub struct AdminConfig {
+    /// `listen`. Default `"127.0.0.1:9901"`.
+    pub listen: ListenAddr,
+    /// `allow_from`: CIDRs admitted when `listen` is not loopback (then required).
+    pub allow_from: Option<Vec<Cidr>>,
+    /// `probe_interval`: how often readiness re-checks upstream and store. Default `"10s"`.
+    pub probe_interval: StdDuration,
+}
+
+/// Where relative paths resolve and where `{ env = .. }` is looked up.
+pub struct LoadContext<'a> {
+    /// Relative `file`, `ca_file`, `tls_*` paths are taken from here.
+    pub base_dir: PathBuf,
+    /// Environment for `{ env = .. }`.
+    pub env: &'a dyn Env,
+}
+
+impl Config {
+    /// Parses and checks a config text; relative paths resolve from the
+    /// current directory and secrets come from the process environment.
+    pub fn from_toml_str(text: &str) -> Result<Self, ConfigError> {
+        Self::parse(
+            text,
+            &LoadContext {
+                base_dir: PathBuf::from("."),
+                env: &ProcessEnv,
+            },
+        )
+    }
+
+    /// Reads `path`; relative paths inside resolve from its directory.
+    pub fn load(path: &Path) -> Result<Self, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_owned(),
+            source,
+        })?;
+        let base_dir = path
+            .parent()
+            .filter(|p| !p.as_os_str().is_empty())
+            .map(Path::to_path_buf)
+            .unwrap_or_else(|| PathBuf::from("."));
+        Self::parse(
+            &text,
+            &LoadContext {
+                base_dir,
+                env: &ProcessEnv,
+            },
+        )
+    }
+
+    /// Parses and checks `text` in the given context.
+    pub fn parse(text: &str, ctx: &LoadContext<'_>) -> Result<Self, ConfigError> {
+        let raw = parse_raw(text)?;
+        let mut b = Builder {
+            text,
+            ctx,
+            problems: Vec::new(),
+        };
+        let config = b.build(raw);
+        match config {
+            Some(c) if b.problems.is_empty() => Ok(c),
+            _ => Err(ConfigError::Invalid(b.problems)),
+        }
+    }
+
+    /// The service with this name.
+    pub fn service(&self, name: &str) -> Option<&ServiceConfig> {
+        self.services.iter().find(|s| &*s.name == name)
+    }
+}
+
+fn parse_raw(text: &str) -> Result<raw::RawConfig, ConfigError> {
+    let de = toml::de::Deserializer::parse(text).map_err(|e| {
+        ConfigError::Invalid(vec![Problem::new(
+            "",
+            e.span().map(|s| line_of(text, s.start)),
+            e.message().trim().to_owned(),
+        )])
+    })?;
+    serde_path_to_error::deserialize(de).map_err(|e| {
+        let key = e.path().to_string();
+        let inner = e.inner();
+        let key = if key == "." { String::new() } else { key };
+        ConfigError::Invalid(vec![Problem::new(
+            key,
+            inner.span().map(|s| line_of(text, s.start)),
+            inner.message().trim().to_owned(),
+        )])
+    })
+}
+
+struct Builder<'a, 'c> {
+    text: &'a str,
+    ctx: &'a LoadContext<'c>,
+    problems: Vec<Problem>,
+}
+
+impl Builder<'_, '_> {
+    fn line<T>(&self, s: &Spanned<T>) -> Option<usize> {
+        Some(line_of(self.text, s.span().start))
+    }
+
+    fn problem(&mut self, key: impl Into<String>, line: Option<usize>, msg: impl Into<String>) {
+        self.problems.push(Problem::new(key, line, msg));
+    }
+
+    fn path(&self, p: &str) -> PathBuf {
+        let p = Path::new(p);
+        if p.is_absolute() {
+            p.to_owned()
+        } else {
+            self.ctx.base_dir.join(p)
+        }
+    }
+
+    fn secret_ref(&self, r: &SecretRef) -> SecretRef {
+        match r {
+            SecretRef::File(p) => SecretRef::File(self.path(&p.to_string_lossy())),
+            env => env.clone(),
+        }
+    }
+
+    fn build(&mut self, raw: raw::RawConfig) -> Option<Config> {
+        let mode = raw.mode;
+        let upstream = self.upstream(raw.upstream.unwrap_or_default());
+        let services = self.services(mode, raw.services);
+        let log = self.log(raw.log);
+        let idempotency = self.idempotency(raw.idempotency, upstream.as_ref().map(|u| u.timeout));
+        let webhooks = match raw.webhooks {
+            Some(w) => self.webhooks(w).map(Some),
+            None => Some(None),
+        };
+        let admin = self.admin(raw.admin);
+        let config = Config {
+            mode,
+            drain_timeout: raw.drain_timeout.map_or(StdDuration::from_secs(30), Duration::get),
+            upstream: upstream?,
+            services,
+            log,
+            idempotency: idempotency?,
+            webhooks: webhooks?,
+            admin: admin?,
+        };
+        self.check_listeners(&config);
+        Some(config)
+    }
+
+    fn upstream(&mut self, u: raw::RawUpstream) -> Option<UpstreamConfig> {
+        let mut extra_roots = Vec::new();
+        let ca_file = u.ca_file.as_deref().map(|p| self.path(p));
+        if let Some(path) = &ca_file {
+            match crate::tls::load_certs(path) {
+                Ok(c) => extra_roots = c,
+                Err(e) => self.problem("upstream.ca_file", None, e),
+            }
+        }
+        let timeout = u.timeout.map_or(StdDuration::from_secs(30), Duration::get);
+        if timeout.is_zero() {
+            self.problem("upstream.timeout", None, "must be greater than 0");
+        }
+        Some(UpstreamConfig {
+            url: u.url.unwrap_or_else(HttpsUrl::paymongo),
+            ca_file,
+            extra_roots,
+            connect_timeout: u.connect_timeout.map_or(StdDuration::from_secs(5), Duration::get),
+            timeout,
+            pool_idle_timeout: u.pool_idle_timeout.map_or(StdDuration::from_secs(90), Duration::get),
+            pool_max_idle: u.pool_max_idle.unwrap_or(256),
+        })
+    }
+
+    fn services(&mut self, mode: Mode, raw: Vec<Spanned<raw::RawService>>) -> Vec<ServiceConfig> {
+        if raw.is_empty() {
+            self.problem(
+                "service",
+                None,
+                "no [[service]] is defined; add one with name, listen and secret_key",
+            );
+        }
+        let mut names = HashSet::new();
+        let mut out = Vec::with_capacity(raw.len());
+        for (i, s) in raw.into_iter().enumerate() {
+            let key = |k: &str| format!("service[{i}].{k}");
+            let table_line = self.line(&s);
+            let s = s.into_inner();
+            let name = s.name.get_ref().trim().to_owned();
+            if name.is_empty() || !name.bytes().all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b)) {
+                self.problem(
+                    key("name"),
+                    self.line(&s.name),
+                    "must be non-empty letters, digits, '-', '_' or '.'",
+                );
+            } else if !names.insert(name.clone()) {
+                self.problem(key("name"), self.line(&s.name), format!("duplicate service name `{name}`"));
+            }
+            let listen = s.listen.get_ref().clone();
+            let allow_from = if listen.is_local() {
+                if s.allow_remote || !s.allow_from.is_empty() {
+                    // Harmless but misleading: say so rather than silently ignore it.
+                    self.problem(
+                        key("allow_remote"),
+                        table_line,
+                        format!("`{listen}` is local; allow_remote/allow_from only apply to non-loopback listeners"),
+                    );
+                }
+                None
+            } else if !s.allow_remote || s.allow_from.is_empty() {
+                self.problem(
+                    key("listen"),
+                    self.line(&s.listen),
+                    format!(
+                        "`{listen}` is not a loopback address; anyone who reaches it can spend the account's money. \
+                         Listen on 127.0.0.1/[::1]/unix:, or set allow_remote = true and a non-empty allow_from CIDR list"
+                    ),
+                );
+                None
+            } else {
+                Some(s.allow_from.clone())
+            };
+            let key_source = self.secret_ref(s.secret_key.get_ref());
+            let api_key = match secrets::read_secret(&key_source, self.ctx.env) {
+                Ok(v) => match ApiKey::new(v, mode) {
+                    Ok(k) => Some(k),
+                    Err(e) => {
+                        self.problem(
+                            key("secret_key"),
+                            self.line(&s.secret_key),
+                            format!("the key in {key_source} {e}"),
+                        );
+                        None
+                    }
+                },
+                Err(e) => {
+                    self.problem(key("secret_key"), self.line(&s.secret_key), e);
+                    None
+                }
+            };
+            let max_body = s.max_body.map_or(1 << 20, ByteSize::bytes);
+            if max_body == 0 {
+                self.problem(key("max_body"), table_line, "must be greater than 0");
+            }
+            if let Some(k) = api_key {
+                out.push(ServiceConfig {
+                    name: name.into(),
+                    listen,
+                    key_source,
+                    key: k,
+                    allow: s.allow.map(Allowlist::new).unwrap_or_default(),
+                    allow_from,
+                    max_body,
+                });
+            }
+        }
+        out
+    }
+
+    fn log(&mut self, l: raw::RawLog) -> LogConfig {
+        let level = l.level.unwrap_or_else(|| "info".to_owned());
+        if let Err(e) = tracing_subscriber::EnvFilter::builder().parse(&level) {
+            self.problem("log.level", None, format!("`{level}` is not a log filter: {e}"));
+        }
+        LogConfig {
+            format: l.format.unwrap_or_default(),
+            level,
+        }
+    }
+
+    fn idempotency(
+        &mut self,
+        r: raw::RawIdempotency,
+        upstream_timeout: Option<StdDuration>,
+    ) -> Option<IdempotencyConfig> {
+        let store = r.store.unwrap_or_default();
+        let methods = r.methods.unwrap_or_else(|| vec!["POST".to_owned()]);
+        let mut parsed = Vec::with_capacity(methods.len());
+        for m in &methods {
+            match m.as_str() {
+                "POST" | "PUT" | "PATCH" | "DELETE" => {
+                    if let Ok(m) = Method::from_bytes(m.as_bytes()) {
+                        parsed.push(m);
+                    }
+                }
+                other => self.problem(
+                    "idempotency.methods",
+                    None,
+                    format!("`{other}` cannot be deduplicated; use POST, PUT, PATCH or DELETE (reads are never deduplicated)"),
+                ),
+            }
+        }
+        let lease = r.lease.map_or(StdDuration::from_secs(60), Duration::get);
+        if let Some(t) = upstream_timeout {
+            if lease <= t {
+                self.problem(
+                    "idempotency.lease",
+                    None,
+                    format!(
+                        "{lease:?} must exceed upstream.timeout ({t:?}), or a claim could expire while its request is still in flight"
+                    ),
+                );
+            }
+        }
+        let redis_url = match r.redis_url {
+            None => {
+                if store == StoreKind::Redis {
+                    self.problem("idempotency.redis_url", None, "required when store = \"redis\"");
+                }
+                None
+            }
+            Some(u) => {
+                let line = self.line(&u);
+                let url = match u.into_inner() {
+                    raw::RedisUrlRef::Literal(s) => {
+                        if redis_url_has_password(&s) {
+                            self.problem(
+                                "idempotency.redis_url",
+                                line,
+                                "this URL carries a password; reference it instead: { env = \"REDIS_URL\" } or { file = \"/run/secrets/redis_url\" }",
+                            );
+                            None
+                        } else {
+                            Some(SecretString::from(s))
+                        }
+                    }
+                    raw::RedisUrlRef::Secret(r) => {
+                        match secrets::read_secret(&self.secret_ref(&r), self.ctx.env) {
+                            Ok(v) => Some(v),
+                            Err(e) => {
+                                self.problem("idempotency.redis_url", line, e);
+                                None
+                            }
+                        }
+                    }
+                };
+                if let Some(u) = &url {
+                    let s = u.expose_secret();
+                    if !(s.starts_with("redis://") || s.starts_with("rediss://") || s.starts_with("redis+unix://") || s.starts_with("unix://")) {
+                        self.problem("idempotency.redis_url", line, "expected a redis://, rediss:// or unix:// URL");
+                    }
+                }
+                url
+            }
+        };
+        let ttl = r.ttl.map_or(StdDuration::from_secs(24 * 3600), Duration::get);
+        if ttl.is_zero() {
+            self.problem("idempotency.ttl", None, "must be greater than 0");
+        }
+        Some(IdempotencyConfig {
+            store,
+            ttl,
+            max_memory: r.max_memory.map_or(64 << 20, ByteSize::bytes),
+            max_response: r.max_response.map_or(1 << 20, ByteSize::bytes),
+            methods: parsed,
+            in_flight: r.in_flight.unwrap_or_default(),
+            wait_timeout: r.wait_timeout.map_or(StdDuration::from_secs(35), Duration::get),
+            lease,
+            on_store_error: r.on_store_error.unwrap_or_default(),
+            redis_url,
+            redis_timeout: r.redis_timeout.map_or(StdDuration::from_secs(1), Duration::get),
+        })
+    }
+
+    fn webhooks(&mut self, w: Spanned<raw::RawWebhooks>) -> Option<WebhooksConfig> {
+        let line = self.line(&w);
+        let w = w.into_inner();
+        let tls = match (w.plaintext, w.tls_cert, w.tls_key) {
+            (true, None, None) => None,
+            (true, _, _) => {
+                self.problem("webhooks.plaintext", line, "plaintext = true cannot be combined with tls_cert/tls_key");
+                None
+            }
+            (false, Some(cert), Some(key)) => {
+                let cert_path = self.path(&cert);
+                let key_path = self.path(&key);
+                match crate::tls::load_identity(&cert_path, &key_path) {
+                    Ok(id) => Some(id),
+                    Err(e) => {
+                        self.problem("webhooks.tls_cert", line, e);
+                        None
+                    }
+                }
+            }
+            (false, _, _) => {
+                self.problem(
+                    "webhooks.tls_cert",
+                    line,
+                    "tls_cert and tls_key are required (PayMongo delivers over HTTPS); \
+                     set plaintext = true only behind a TLS-terminating load balancer",
+                );
+                None
+            }
+        };
+        if w.endpoints.is_empty() {
+            self.problem("webhooks.endpoint", line, "at least one [[webhooks.endpoint]] is required");
+        }
+        let mut paths = HashSet::new();
+        let mut endpoints = Vec::new();
+        for (i, e) in w.endpoints.into_iter().enumerate() {
+            let key = |k: &str| format!("webhooks.endpoint[{i}].{k}");
+            let e = e.into_inner();
+            let path = e.path.get_ref().clone();
+            if !path.starts_with('/') || !crate::outbound::allowlist::is_canonical(&path) || path.contains(['?', '#']) {
+                self.problem(key("path"), self.line(&e.path), format!("`{path}` must be an absolute path such as /webhooks/paymongo"));
+            } else if !paths.insert(path.clone()) {
+                self.problem(key("path"), self.line(&e.path), format!("duplicate endpoint path `{path}`"));
+            }
+            let mut secrets = Vec::new();
+            if e.secrets.get_ref().is_empty() {
+                self.problem(key("secrets"), self.line(&e.secrets), "at least one secret reference is required");
+            }
+            for r in e.secrets.get_ref() {
+                match secrets::read_secret(&self.secret_ref(r), self.ctx.env) {
+                    Ok(v) => secrets.push(WebhookSecret::new(v)),
+                    Err(msg) => self.problem(key("secrets"), self.line(&e.secrets), msg),
+                }
+            }
+            let forward_socket = e.forward_socket.as_deref().map(|p| self.path(p));
+            let forward_to = match check_forward_to(e.forward_to.get_ref(), forward_socket.is_some()) {
+                Ok(u) => Some(u),
+                Err(msg) => {
+                    self.problem(key("forward_to"), self.line(&e.forward_to), msg);
+                    None
+                }
+            };
+            if let Some(forward_to) = forward_to {
+                endpoints.push(EndpointConfig {
+                    path,
+                    secrets,
+                    forward_to,
+                    forward_socket,
+                    signature: e.signature.unwrap_or_default(),
+                    forward_timeout: e.forward_timeout.map_or(StdDuration::from_secs(10), Duration::get),
+                });
+            }
+        }
+        if !w.plaintext && tls.is_none() {
+            return None;
+        }
+        Some(WebhooksConfig {
+            listen: w.listen,
+            tls,
+            max_body: w.max_body.map_or(1 << 20, ByteSize::bytes),
+            tolerance: w.tolerance.map_or(StdDuration::from_secs(300), Duration::get),
+            dedupe_ttl: w.dedupe_ttl.map_or(StdDuration::from_secs(24 * 3600), Duration::get),
+            endpoints,
+        })
+    }
+
+    fn admin(&mut self, a: raw::RawAdmin) -> Option<AdminConfig> {
+        let (listen, line) = match &a.listen {
+            Some(l) => (l.get_ref().clone(), self.line(l)),
+            None => (ListenAddr::Tcp(SocketAddr::from(([127, 0, 0, 1], 9901))), None),
+        };
+        let allow_from = if listen.is_local() {
+            None
+        } else if a.allow_from.is_empty() {
+            self.problem(
+                "admin.listen",
+                line,
+                format!("`{listen}` is not loopback; set a non-empty admin.allow_from CIDR list to expose it"),
+            );
+            None
+        } else {
+            Some(a.allow_from)
+        };
+        Some(AdminConfig {
+            listen,
+            allow_from,
+            probe_interval: a.probe_interval.map_or(StdDuration::from_secs(10), Duration::get),
+        })
+    }
+
+    /// Two listeners may not bind the same socket (port 0 always gets a fresh one).
+    fn check_listeners(&mut self, c: &Config) {
+        let mut seen: Vec<(String, &ListenAddr)> = Vec::new();
+        let mut all: Vec<(String, &ListenAddr)> = c
+            .services
+            .iter()
+            .enumerate()
+            .map(|(i, s)| (format!("service[{i}].listen"), &s.listen))
+            .collect();
+        if let Some(w) = &c.webhooks {
+            all.push(("webhooks.listen".into(), &w.listen));
+        }
+        all.push(("admin.listen".into(), &c.admin.listen));
+        for (key, addr) in all {
+            if let Some((other, _)) = seen.iter().find(|(_, a)| listeners_clash(a, addr)) {
+                self.problem(key.clone(), None, format!("`{addr}` is already used by {other}"));
+            }
+            seen.push((key, addr));
+        }
+    }
+}
+
+fn listeners_clash(a: &ListenAddr, b: &ListenAddr) -> bool {
+    match (a, b) {
+        (ListenAddr::Unix(x), ListenAddr::Unix(y)) => x == y,
+        (ListenAddr::Tcp(x), ListenAddr::Tcp(y)) => {
+            x.port() != 0
+                && x.port() == y.port()
+                && (x.ip() == y.ip() || x.ip().is_unspecified() || y.ip().is_unspecified())
+        }
+        _ => false,
+    }
+}
+
+fn redis_url_has_password(url: &str) -> bool {
+    url.split_once("://")
+        .map(|(_, rest)| rest.split(['/', '?']).next().unwrap_or("").contains('@'))
+        .unwrap_or(false)
+}
+
+/// `forward_to` must be absolute http(s); plain http only to loopback or over a Unix socket.
+fn check_forward_to(s: &str, via_socket: bool) -> Result<http::Uri, String> {
+    let uri: http::Uri = s
+        .parse()
+        .map_err(|_| format!("`{s}` is not a URL; expected e.g. http://127.0.0.1:9000/paymongo/events"))?;
+    let host = uri.host().ok_or_else(|| format!("`{s}` has no host"))?;
+    match uri.scheme_str() {
+        Some("https") => {}
+        Some("http") => {
+            let host_ip = host.trim_start_matches('[').trim_end_matches(']');
+            let loopback = host == "localhost"
+                || host_ip.parse::<std::net::IpAddr>().is_ok_and(|ip| ip.is_loopback());
+            if !(loopback || via_socket) {
+                return Err(format!(
+                    "`{s}`: plain http:// is only allowed to a loopback address or with forward_socket; \
+                     use https:// for other hosts (events carry payment data)"
+                ));
+            }
+        }
+        _ => return Err(format!("`{s}` must be an http:// or https:// URL")),
+    }
+    if uri.authority().is_some_and(|a| a.as_str().contains('@')) {
+        return Err(format!("`{s}` must not carry user info"));
+    }
+    Ok(uri)
+}

@@ -1,0 +1,253 @@
+//! The running gateway: process-lifetime state ([`Shared`]), the set of
+//! listeners, and reconciling that set with a configuration (at start and on
+//! reload). Graceful shutdown lives here too.
+
+use std::collections::HashMap;
+use std::io;
+use std::sync::Arc;
+use std::time::Duration;
+
+use arc_swap::ArcSwap;
+use tokio::sync::Mutex;
+use tokio_util::task::TaskTracker;
+use tracing::{error, info};
+
+use crate::admin::AdminHandler;
+use crate::config::{Config, ListenAddr};
+use crate::metrics::Metrics;
+use crate::outbound::OutboundHandler;
+use crate::reload::{BuildError, Snapshot};
+use crate::server::{self, Bound, BoundAddr, Listener, ServeOptions};
+
+/// State that lives as long as the process and survives reloads.
+pub struct Shared {
+    state: ArcSwap<Snapshot>,
+    /// Every metric.
+    pub metrics: Metrics,
+    /// Work that must finish even if the request that started it is gone
+    /// (an idempotent call whose client hung up); shutdown waits for it.
+    pub tasks: TaskTracker,
+}
+
+impl Shared {
+    /// The current snapshot. Load it once per request.
+    pub fn snapshot(&self) -> Arc<Snapshot> {
+        self.state.load_full()
+    }
+
+    pub(crate) fn publish(&self, snap: Snapshot) {
+        self.metrics.set_generation(snap.generation);
+        self.state.store(Arc::new(snap));
+    }
+}
+
+/// Which listener this is.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub enum ListenerId {
+    /// The listener of one `[[service]]`.
+    Service(Arc<str>),
+    /// `[admin]`.
+    Admin,
+}
+
+impl std::fmt::Display for ListenerId {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            ListenerId::Service(n) => write!(f, "service {n}"),
+            ListenerId::Admin => f.write_str("admin"),
+        }
+    }
+}
+
+/// Why the gateway could not start (or a reload could not apply).
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    /// A runtime part could not be built from the configuration.
+    #[error(transparent)]
+    Build(#[from] BuildError),
+    /// A listener could not bind.
+    #[error("{listener}: cannot listen on {addr}: {source}")]
+    Bind {
+        /// Which listener.
+        listener: ListenerId,
+        /// The address.
+        addr: ListenAddr,
+        /// Why.
+        source: io::Error,
+    },
+}
+
+/// A running gateway.
+pub struct Gateway {
+    shared: Arc<Shared>,
+    listeners: Mutex<HashMap<ListenerId, (ListenAddr, Listener)>>,
+}
+
+impl Gateway {
+    /// Builds the first snapshot, binds every listener and starts serving.
+    pub async fn start(config: Config) -> Result<Self, StartError> {
+        crate::tls::install_crypto_provider();
+        let metrics = Metrics::new();
+        let snap = Snapshot::build(config, 1, None, &metrics)?;
+        metrics.set_generation(snap.generation);
+        let shared = Arc::new(Shared {
+            state: ArcSwap::from_pointee(snap),
+            metrics,
+            tasks: TaskTracker::new(),
+        });
+        let gw = Gateway {
+            shared,
+            listeners: Mutex::new(HashMap::new()),
+        };
+        gw.apply(None).await?;
+        Ok(gw)
+    }
+
+    /// Process-lifetime state (tests and the reloader use it).
+    pub fn shared(&self) -> &Arc<Shared> {
+        &self.shared
+    }
+
+    /// The current snapshot.
+    pub fn snapshot(&self) -> Arc<Snapshot> {
+        self.shared.snapshot()
+    }
+
+    /// Where a listener is bound.
+    pub async fn addr(&self, id: &ListenerId) -> Option<BoundAddr> {
+        self.listeners.lock().await.get(id).map(|(_, l)| l.addr().clone())
+    }
+
+    /// Where service `name` listens.
+    pub async fn service_addr(&self, name: &str) -> Option<BoundAddr> {
+        self.addr(&ListenerId::Service(name.into())).await
+    }
+
+    /// Binds listeners new in `next`, publishes it, then stops listeners it
+    /// no longer has. A bind failure leaves the running state untouched.
+    /// `None` reconciles the listeners with the snapshot already published.
+    pub(crate) async fn apply(&self, next: Option<Snapshot>) -> Result<(), StartError> {
+        let mut listeners = self.listeners.lock().await;
+        let config = next
+            .as_ref()
+            .map_or_else(|| self.shared.snapshot().config.clone(), |s| s.config.clone());
+        let desired = desired_listeners(&config);
+        let drain = config.drain_timeout;
+
+        // Listeners that go away or move. Their sockets are closed before new
+        // binds only when a new listener needs the very same address.
+        let mut leaving: Vec<ListenerId> = listeners
+            .iter()
+            .filter(|(id, (addr, _))| desired.get(*id) != Some(addr))
+            .map(|(id, _)| id.clone())
+            .collect();
+        let held_by_leaving = |addr: &ListenAddr, ls: &HashMap<ListenerId, (ListenAddr, Listener)>| {
+            leaving.iter().any(|id| ls.get(id).is_some_and(|(a, _)| a == addr))
+        };
+
+        let mut bound: Vec<(ListenerId, ListenAddr, Bound)> = Vec::new();
+        let mut handover: Vec<(ListenerId, ListenAddr)> = Vec::new();
+        for (id, addr) in &desired {
+            if listeners.get(id).is_some_and(|(a, _)| a == addr) {
+                continue;
+            }
+            if held_by_leaving(addr, &listeners) {
+                handover.push((id.clone(), addr.clone()));
+                continue;
+            }
+            match server::bind(addr).await {
+                Ok(b) => bound.push((id.clone(), addr.clone(), b)),
+                Err(source) => {
+                    return Err(StartError::Bind {
+                        listener: id.clone(),
+                        addr: addr.clone(),
+                        source,
+                    });
+                }
+            }
+        }
+
+        if let Some(snap) = next {
+            info!(generation = snap.generation, "configuration applied");
+            self.shared.publish(snap);
+        }
+
+        // Stop listeners whose address a new listener takes over, then bind it.
+        let mut stopping = Vec::new();
+        for (id, addr) in handover {
+            if let Some(pos) = leaving.iter().position(|l| listeners.get(l).is_some_and(|(a, _)| *a == addr)) {
+                let old = leaving.swap_remove(pos);
+                if let Some((_, l)) = listeners.remove(&old) {
+                    let (closed, task) = stop_in_background(l, drain);
+                    let _ = closed.await;
+                    stopping.push(task);
+                }
+            }
+            match server::bind(&addr).await {
+                Ok(b) => bound.push((id, addr, b)),
+                Err(e) => error!(listener = %id, addr = %addr, error = %e, "cannot take over address"),
+            }
+        }
+        for (id, addr, b) in bound {
+            match self.serve(&id, b) {
+                Ok(l) => {
+                    listeners.insert(id, (addr, l));
+                }
+                Err(e) => error!(listener = %id, error = %e, "cannot start listener"),
+            }
+        }
+        for id in leaving {
+            if let Some((_, l)) = listeners.remove(&id) {
+                info!(listener = %id, "removing listener");
+                stopping.push(stop_in_background(l, drain).1);
+            }
+        }
+        drop(stopping);
+        Ok(())
+    }
+
+    fn serve(&self, id: &ListenerId, bound: Bound) -> io::Result<Listener> {
+        let opts = ServeOptions::plain(id.to_string());
+        match id {
+            ListenerId::Service(name) => {
+                server::serve(bound, OutboundHandler::new(name.clone(), self.shared.clone()), opts)
+            }
+            ListenerId::Admin => server::serve(bound, AdminHandler::new(self.shared.clone()), opts),
+        }
+    }
+
+    /// Stops accepting on every listener, waits up to `drain_timeout` for
+    /// in-flight requests and detached upstream calls, then returns.
+    pub async fn shutdown(&self) {
+        let drain = self.shared.snapshot().config.drain_timeout;
+        let all: Vec<Listener> = self.listeners.lock().await.drain().map(|(_, (_, l))| l).collect();
+        info!(listeners = all.len(), ?drain, "shutting down");
+        let stops = all.into_iter().map(|l| l.shutdown(drain));
+        futures_util::future::join_all(stops).await;
+        self.shared.tasks.close();
+        if tokio::time::timeout(drain, self.shared.tasks.wait()).await.is_err() {
+            error!("shutdown: detached upstream calls still running at the drain deadline");
+        }
+        info!("shutdown complete");
+    }
+}
+
+/// Starts stopping a listener: the first handle resolves once its socket is
+/// closed, the second when it has drained.
+fn stop_in_background(l: Listener, drain: Duration) -> (tokio::sync::oneshot::Receiver<()>, tokio::task::JoinHandle<()>) {
+    let (tx, rx) = tokio::sync::oneshot::channel();
+    let task = tokio::spawn(async move {
+        l.shutdown_notify(drain, tx).await;
+    });
+    (rx, task)
+}
+
+fn desired_listeners(c: &Config) -> HashMap<ListenerId, ListenAddr> {
+    let mut m: HashMap<ListenerId, ListenAddr> = c
+        .services
+        .iter()
+        .map(|s| (ListenerId::Service(s.name.clone()), s.listen.clone()))
+        .collect();
+    m.insert(ListenerId::Admin, c.admin.listen.clone());
+    m
+}

@@ -1,0 +1,333 @@
+//! Listening sockets and the connection loop every listener shares.
+//!
+//! A listener binds a TCP address or a Unix socket, accepts connections,
+//! optionally terminates TLS (with the configuration current at accept time,
+//! so a reloaded certificate applies to new handshakes), and serves HTTP/1.1
+//! and HTTP/2 (h2c, or ALPN over TLS) with hyper. Stopping a listener closes
+//! the socket at once and then waits, up to a drain deadline, for the
+//! connections it accepted to finish their in-flight requests.
+
+use std::convert::Infallible;
+use std::future::Future;
+use std::io;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::{Request, Response};
+use http_body_util::{Either, Full};
+use hyper::body::Incoming;
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::server::conn::auto;
+use hyper_util::server::graceful::{GracefulShutdown, Watcher};
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::net::{TcpListener, TcpSocket, UnixListener};
+use tokio::sync::oneshot;
+use tokio::task::JoinHandle;
+use tracing::{debug, info, warn};
+
+use crate::config::ListenAddr;
+
+/// Who is on the other end of a connection.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Peer {
+    /// A TCP peer.
+    Tcp(SocketAddr),
+    /// A Unix-socket peer (same host).
+    Unix,
+}
+
+/// Body of every response the gateway sends: made here, or streamed from a peer.
+pub type ResponseBody = Either<Full<Bytes>, Incoming>;
+
+/// A full response from bytes.
+pub fn full(resp: Response<Full<Bytes>>) -> Response<ResponseBody> {
+    resp.map(Either::Left)
+}
+
+/// What a listener does with each request.
+pub trait Handler: Clone + Send + Sync + 'static {
+    /// Answers one request. Errors are answers too: this cannot fail.
+    fn call(&self, req: Request<Incoming>, peer: Peer) -> impl Future<Output = Response<ResponseBody>> + Send;
+}
+
+/// Where a listener actually bound (port 0 resolved).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum BoundAddr {
+    /// TCP.
+    Tcp(SocketAddr),
+    /// Unix socket path.
+    Unix(PathBuf),
+}
+
+impl std::fmt::Display for BoundAddr {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            BoundAddr::Tcp(a) => write!(f, "{a}"),
+            BoundAddr::Unix(p) => write!(f, "unix:{}", p.display()),
+        }
+    }
+}
+
+impl BoundAddr {
+    /// The TCP address, if this is a TCP listener.
+    pub fn tcp(&self) -> Option<SocketAddr> {
+        match self {
+            BoundAddr::Tcp(a) => Some(*a),
+            BoundAddr::Unix(_) => None,
+        }
+    }
+}
+
+/// A bound socket, not yet serving.
+pub enum Bound {
+    /// TCP.
+    Tcp(TcpListener),
+    /// Unix socket, removed from the filesystem when the listener stops.
+    Unix(UnixListener, PathBuf),
+}
+
+impl Bound {
+    /// The address this socket is bound to.
+    pub fn addr(&self) -> io::Result<BoundAddr> {
+        match self {
+            Bound::Tcp(l) => l.local_addr().map(BoundAddr::Tcp),
+            Bound::Unix(_, p) => Ok(BoundAddr::Unix(p.clone())),
+        }
+    }
+}
+
+/// Binds a listen address. A leftover Unix socket file is replaced only if
+/// nothing answers on it (a running process keeps its socket).
+pub async fn bind(addr: &ListenAddr) -> io::Result<Bound> {
+    match addr {
+        ListenAddr::Tcp(sa) => {
+            let sock = if sa.is_ipv4() {
+                TcpSocket::new_v4()?
+            } else {
+                TcpSocket::new_v6()?
+            };
+            sock.set_reuseaddr(true)?;
+            sock.set_nodelay(true)?;
+            sock.bind(*sa)?;
+            Ok(Bound::Tcp(sock.listen(1024)?))
+        }
+        ListenAddr::Unix(path) => {
+            if path.exists() {
+                if tokio::net::UnixStream::connect(path).await.is_ok() {
+                    return Err(io::Error::new(
+                        io::ErrorKind::AddrInUse,
+                        format!("{} is in use by another process", path.display()),
+                    ));
+                }
+                std::fs::remove_file(path)?;
+            }
+            Ok(Bound::Unix(UnixListener::bind(path)?, path.clone()))
+        }
+    }
+}
+
+/// Supplies the TLS configuration for each new connection.
+pub type TlsSource = Arc<dyn Fn() -> Option<Arc<rustls::ServerConfig>> + Send + Sync>;
+
+/// Per-listener settings.
+#[derive(Clone)]
+pub struct ServeOptions {
+    /// Label for log lines (`service checkout`, `webhooks`, `admin`).
+    pub name: String,
+    /// Terminate TLS with the configuration this returns (per connection).
+    pub tls: Option<TlsSource>,
+    /// Limit for reading a request head and for the TLS handshake.
+    pub header_timeout: Duration,
+}
+
+impl ServeOptions {
+    /// Plain HTTP with default timeouts.
+    pub fn plain(name: impl Into<String>) -> Self {
+        Self {
+            name: name.into(),
+            tls: None,
+            header_timeout: Duration::from_secs(30),
+        }
+    }
+}
+
+/// A running listener.
+pub struct Listener {
+    addr: BoundAddr,
+    stop: Option<oneshot::Sender<Stop>>,
+    task: JoinHandle<()>,
+}
+
+struct Stop {
+    drain: Duration,
+    closed: Option<oneshot::Sender<()>>,
+}
+
+impl Listener {
+    /// Where it is bound.
+    pub fn addr(&self) -> &BoundAddr {
+        &self.addr
+    }
+
+    /// Stops accepting at once, then waits up to `drain` for open
+    /// connections to finish their in-flight requests.
+    pub async fn shutdown(self, drain: Duration) {
+        self.stop_with(Stop { drain, closed: None }).await;
+    }
+
+    /// Like [`Listener::shutdown`], and signals `closed` as soon as the
+    /// socket no longer accepts (so its address can be bound again).
+    pub async fn shutdown_notify(self, drain: Duration, closed: oneshot::Sender<()>) {
+        self.stop_with(Stop {
+            drain,
+            closed: Some(closed),
+        })
+        .await;
+    }
+
+    async fn stop_with(mut self, stop: Stop) {
+        if let Some(tx) = self.stop.take() {
+            let _ = tx.send(stop);
+        }
+        let _ = (&mut self.task).await;
+    }
+}
+
+/// Starts serving `bound` with `handler`.
+pub fn serve<H: Handler>(bound: Bound, handler: H, opts: ServeOptions) -> io::Result<Listener> {
+    let addr = bound.addr()?;
+    let (tx, rx) = oneshot::channel();
+    info!(listener = %opts.name, addr = %addr, "listening");
+    let task = tokio::spawn(accept_loop(bound, handler, opts, rx));
+    Ok(Listener {
+        addr,
+        stop: Some(tx),
+        task,
+    })
+}
+
+fn http_builder(opts: &ServeOptions) -> auto::Builder<TokioExecutor> {
+    let mut b = auto::Builder::new(TokioExecutor::new());
+    b.http1()
+        .timer(TokioTimer::new())
+        .header_read_timeout(opts.header_timeout)
+        .keep_alive(true);
+    b.http2()
+        .timer(TokioTimer::new())
+        .max_concurrent_streams(256);
+    b
+}
+
+async fn accept_loop<H: Handler>(bound: Bound, handler: H, opts: ServeOptions, mut stop: oneshot::Receiver<Stop>) {
+    let graceful = GracefulShutdown::new();
+    let builder = Arc::new(http_builder(&opts));
+    let stop = loop {
+        let accepted = tokio::select! {
+            biased;
+            s = &mut stop => break s.unwrap_or(Stop { drain: Duration::ZERO, closed: None }),
+            a = accept(&bound) => a,
+        };
+        match accepted {
+            Ok(Accepted::Tcp(s, peer)) => {
+                spawn_conn(s, Peer::Tcp(peer), &handler, &builder, graceful.watcher(), &opts);
+            }
+            Ok(Accepted::Unix(s)) => {
+                spawn_conn(s, Peer::Unix, &handler, &builder, graceful.watcher(), &opts);
+            }
+            Err(e) => {
+                // Usually fd exhaustion: back off briefly instead of spinning.
+                warn!(listener = %opts.name, error = %e, "accept failed");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        }
+    };
+    let path = match &bound {
+        Bound::Unix(_, p) => Some(p.clone()),
+        Bound::Tcp(_) => None,
+    };
+    drop(bound);
+    if let Some(p) = path {
+        let _ = std::fs::remove_file(p);
+    }
+    if let Some(closed) = stop.closed {
+        let _ = closed.send(());
+    }
+    let drain = stop.drain;
+    let open = graceful.count();
+    if open > 0 {
+        info!(listener = %opts.name, connections = open, "draining");
+    }
+    if tokio::time::timeout(drain, graceful.shutdown()).await.is_err() {
+        warn!(listener = %opts.name, "drain deadline passed; closing remaining connections");
+    }
+    info!(listener = %opts.name, "stopped");
+}
+
+enum Accepted {
+    Tcp(tokio::net::TcpStream, SocketAddr),
+    Unix(tokio::net::UnixStream),
+}
+
+async fn accept(bound: &Bound) -> io::Result<Accepted> {
+    match bound {
+        Bound::Tcp(l) => {
+            let (s, peer) = l.accept().await?;
+            let _ = s.set_nodelay(true);
+            Ok(Accepted::Tcp(s, peer))
+        }
+        Bound::Unix(l, _) => l.accept().await.map(|(s, _)| Accepted::Unix(s)),
+    }
+}
+
+fn spawn_conn<IO, H>(
+    io: IO,
+    peer: Peer,
+    handler: &H,
+    builder: &Arc<auto::Builder<TokioExecutor>>,
+    watcher: Watcher,
+    opts: &ServeOptions,
+) where
+    IO: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+    H: Handler,
+{
+    let handler = handler.clone();
+    let builder = builder.clone();
+    let tls = opts.tls.clone();
+    let timeout = opts.header_timeout;
+    let name = opts.name.clone();
+    tokio::spawn(async move {
+        match tls {
+            None => serve_io(io, peer, handler, &builder, watcher).await,
+            Some(source) => {
+                let Some(cfg) = source() else {
+                    return;
+                };
+                let acceptor = tokio_rustls::TlsAcceptor::from(cfg);
+                match tokio::time::timeout(timeout, acceptor.accept(io)).await {
+                    Ok(Ok(tls)) => serve_io(tls, peer, handler, &builder, watcher).await,
+                    Ok(Err(e)) => debug!(listener = %name, error = %e, "tls handshake failed"),
+                    Err(_) => debug!(listener = %name, "tls handshake timed out"),
+                }
+            }
+        }
+    });
+}
+
+async fn serve_io<IO, H>(io: IO, peer: Peer, handler: H, builder: &auto::Builder<TokioExecutor>, watcher: Watcher)
+where
+    IO: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+    H: Handler,
+{
+    let svc = hyper::service::service_fn(move |req| {
+        let h = handler.clone();
+        let p = peer.clone();
+        async move { Ok::<_, Infallible>(h.call(req, p).await) }
+    });
+    let conn = builder.serve_connection(TokioIo::new(io), svc);
+    if let Err(e) = watcher.watch(conn.into_owned()).await {
+        debug!(error = %e, "connection ended with an error");
+    }
+}
