@@ -1,0 +1,18 @@
+//! Shared test fixtures: a throwaway CA (rcgen), a fake PayMongo over real
+//! TLS on 127.0.0.1:0, HTTP clients, and ways to run the gateway in-process
+//! or as a real process. Nothing here stands in for gateway code.
+#![allow(dead_code, clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+pub mod ca;
+pub mod client;
+pub mod gw;
+pub mod upstream;
+
+#[allow(unused_imports)]
+pub use ca::TestCa;
+#[allow(unused_imports)]
+pub use client::{send, send_unix, Resp};
+#[allow(unused_imports)]
+pub use gw::{base_config, start_gateway, GatewayProcess, Harness, TestGateway, WAIT};
+#[allow(unused_imports)]
+pub use upstream::{FakeUpstream, Gate, Reply, Seen};
