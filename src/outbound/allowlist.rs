@@ -11,8 +11,8 @@ use std::fmt;
 use std::str::FromStr;
 
 use http::Method;
-use serde::de::{self, Deserializer};
 use serde::Deserialize;
+use serde::de::{self, Deserializer};
 
 #[derive(Clone, Debug, PartialEq, Eq)]
 enum Segment {
@@ -56,7 +56,9 @@ impl FromStr for Route {
             None
         } else {
             if !m.bytes().all(|b| b.is_ascii_uppercase()) {
-                return Err(format!("`{s}`: method `{m}` must be upper case (GET, POST, ...) or *"));
+                return Err(format!(
+                    "`{s}`: method `{m}` must be upper case (GET, POST, ...) or *"
+                ));
             }
             Some(Method::from_bytes(m.as_bytes()).map_err(|_| format!("`{s}`: bad method `{m}`"))?)
         };
@@ -64,13 +66,19 @@ impl FromStr for Route {
             return Err(format!("`{s}`: the path must start with /"));
         };
         if path.contains(['?', '#', '%', '\\']) {
-            return Err(format!("`{s}`: the path must be plain segments, without ?, #, % or \\"));
+            return Err(format!(
+                "`{s}`: the path must be plain segments, without ?, #, % or \\"
+            ));
         }
         let raw: Vec<&str> = rest.split('/').collect();
         let mut segments = Vec::with_capacity(raw.len());
         for (i, seg) in raw.iter().enumerate() {
             let seg = match *seg {
-                "" => return Err(format!("`{s}`: empty path segment (no // and no trailing /)")),
+                "" => {
+                    return Err(format!(
+                        "`{s}`: empty path segment (no // and no trailing /)"
+                    ));
+                }
                 "." | ".." => return Err(format!("`{s}`: . and .. segments are not allowed")),
                 "*" => Segment::One,
                 "**" if i + 1 == raw.len() => Segment::Rest,
@@ -98,22 +106,22 @@ impl<'de> Deserialize<'de> for Route {
 }
 
 impl Route {
-    fn matches(&self, method: &Method, path: &str) -> bool {
+    fn matches(&self, method: &Method, segs: &[&str]) -> bool {
         if self.method.as_ref().is_some_and(|m| m != method) {
             return false;
         }
-        // Callers pass canonical paths only (see `is_canonical`), which start with '/'.
-        let mut segs = path[1..].split('/');
+        let mut segs = segs.iter();
         for pat in self.segments.iter() {
             match pat {
-                Segment::Rest => return segs.next().is_some_and(|s| !s.is_empty()),
+                // Segments are never empty (canonical paths only).
+                Segment::Rest => return segs.next().is_some(),
                 Segment::One => {
-                    if segs.next().is_none_or(str::is_empty) {
+                    if segs.next().is_none() {
                         return false;
                     }
                 }
                 Segment::Literal(l) => {
-                    if segs.next() != Some(&**l) {
+                    if segs.next().is_none_or(|s| *s != &**l) {
                         return false;
                     }
                 }
@@ -122,6 +130,10 @@ impl Route {
         segs.next().is_none()
     }
 }
+
+/// Longest path, in segments, that can match a rule. PayMongo paths have at
+/// most five; anything deeper matches nothing (it is not an API route).
+const MAX_SEGMENTS: usize = 16;
 
 /// The routes one service may call.
 #[derive(Clone, Debug)]
@@ -155,7 +167,21 @@ impl Allowlist {
 
     /// Whether `method path` may be forwarded. Non-canonical paths never match.
     pub fn permits(&self, method: &Method, path: &str) -> bool {
-        is_canonical(path) && self.routes.iter().any(|r| r.matches(method, path))
+        if !is_canonical(path) {
+            return false;
+        }
+        // Split once, on the stack, and compare every rule against the slice.
+        let mut buf = [""; MAX_SEGMENTS];
+        let mut n = 0;
+        for seg in path[1..].split('/') {
+            if n == MAX_SEGMENTS {
+                return false;
+            }
+            buf[n] = seg;
+            n += 1;
+        }
+        let segs = &buf[..n];
+        self.routes.iter().any(|r| r.matches(method, segs))
     }
 }
 
@@ -166,10 +192,15 @@ pub fn is_canonical(path: &str) -> bool {
     let Some(rest) = path.strip_prefix('/') else {
         return false;
     };
-    if path.contains('\\') {
+    let b = path.as_bytes();
+    if b.contains(&b'\\') {
         return false;
     }
-    let b = path.as_bytes();
+    if !b.contains(&b'%') {
+        return rest
+            .split('/')
+            .all(|s| !(s.is_empty() || s == "." || s == ".."));
+    }
     for (i, _) in path.match_indices('%') {
         let hex = b.get(i + 1..i + 3);
         match hex {
@@ -185,7 +216,8 @@ pub fn is_canonical(path: &str) -> bool {
             _ => return false,
         }
     }
-    rest.split('/').all(|s| !(s.is_empty() || s == "." || s == ".."))
+    rest.split('/')
+        .all(|s| !(s.is_empty() || s == "." || s == ".."))
 }
 
 fn hex_val(b: u8) -> Option<u8> {
@@ -202,7 +234,10 @@ mod tests {
 
     #[test]
     fn star_is_exactly_one_segment() {
-        let a = list(&["GET /v1/payment_intents/*", "POST /v1/payment_intents/*/attach"]);
+        let a = list(&[
+            "GET /v1/payment_intents/*",
+            "POST /v1/payment_intents/*/attach",
+        ]);
         assert!(a.permits(&Method::GET, "/v1/payment_intents/pi_123"));
         assert!(!a.permits(&Method::GET, "/v1/payment_intents"));
         assert!(!a.permits(&Method::GET, "/v1/payment_intents/pi_1/attach"));

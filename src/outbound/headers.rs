@@ -9,77 +9,62 @@ use http::header::{self, HeaderMap, HeaderName};
 
 use crate::config::ApiKey;
 
-/// Hop-by-hop headers (RFC 9110 §7.6.1) plus the legacy `Proxy-Connection`.
-const HOP_BY_HOP: [HeaderName; 8] = [
-    header::CONNECTION,
-    HeaderName::from_static("keep-alive"),
-    HeaderName::from_static("proxy-connection"),
-    header::TE,
-    header::TRAILER,
-    header::TRANSFER_ENCODING,
-    header::UPGRADE,
-    header::PROXY_AUTHENTICATE,
-];
+/// Hop-by-hop headers (RFC 9110 §7.6.1), the legacy `Proxy-Connection`,
+/// and every `Proxy-*` header.
+fn is_hop_by_hop(name: &str) -> bool {
+    matches!(
+        name,
+        "connection" | "keep-alive" | "te" | "trailer" | "transfer-encoding" | "upgrade"
+    ) || name.starts_with("proxy-")
+}
 
-/// Headers that would tell PayMongo about the internal network.
-const TOPOLOGY: [HeaderName; 3] = [
-    header::FORWARDED,
-    header::VIA,
-    HeaderName::from_static("x-real-ip"),
-];
+/// Headers a caller's request must not carry to PayMongo besides hop-by-hop
+/// ones: its own credentials, its `Host` (the client sets PayMongo's), its
+/// `Content-Length` (the body was buffered; hyper sets the real one) and
+/// anything describing the internal network.
+fn is_caller_only(name: &str) -> bool {
+    matches!(
+        name,
+        "authorization" | "host" | "content-length" | "forwarded" | "via" | "x-real-ip"
+    ) || name.starts_with("x-forwarded-")
+}
 
-/// Removes hop-by-hop headers: those listed above, every `Proxy-*`, and every
-/// header named in `Connection`. Used in both directions.
-pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
-    // Collect the names first: `Connection` itself is removed below.
-    let named: Vec<HeaderName> = headers
-        .get_all(header::CONNECTION)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(','))
-        .filter_map(|t| HeaderName::from_bytes(t.trim().as_bytes()).ok())
-        .collect();
-    for name in named {
-        headers.remove(name);
-    }
-    for name in &HOP_BY_HOP {
-        headers.remove(name);
-    }
-    if headers.keys().any(|k| k.as_str().starts_with("proxy-")) {
-        let proxy: Vec<HeaderName> = headers
-            .keys()
-            .filter(|k| k.as_str().starts_with("proxy-"))
-            .cloned()
-            .collect();
-        for name in proxy {
-            headers.remove(name);
+/// Removes every header `drop` selects, plus every header named in
+/// `Connection`. One pass over the names actually present: requests carry
+/// a handful of headers, the deny lists are longer.
+fn strip(headers: &mut HeaderMap, drop: impl Fn(&str) -> bool) {
+    let mut doomed: Vec<HeaderName> = Vec::new();
+    for name in headers.keys() {
+        if drop(name.as_str()) {
+            doomed.push(name.clone());
         }
+    }
+    if headers.contains_key(header::CONNECTION) {
+        for v in headers.get_all(header::CONNECTION) {
+            for token in v.to_str().unwrap_or("").split(',') {
+                if let Ok(n) = HeaderName::from_bytes(token.trim().as_bytes()) {
+                    doomed.push(n);
+                }
+            }
+        }
+    }
+    for name in doomed {
+        headers.remove(name);
     }
 }
 
-/// Prepares a caller's request headers for PayMongo: strips hop-by-hop and
-/// topology headers, the caller's credentials and `Host` (the client sets
-/// the upstream's), then injects the service key.
+/// Removes hop-by-hop headers, every `Proxy-*`, and every header named in
+/// `Connection`. Used in both directions.
+pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
+    strip(headers, is_hop_by_hop);
+}
+
+/// Prepares a caller's request headers for PayMongo: strips hop-by-hop
+/// headers (including any the caller names in `Connection`) and caller-only
+/// headers, *then* injects the service key, so no caller header can remove
+/// or shadow it.
 pub fn rewrite_request(headers: &mut HeaderMap, key: &ApiKey) {
-    strip_hop_by_hop(headers);
-    headers.remove(header::AUTHORIZATION);
-    headers.remove(header::PROXY_AUTHORIZATION);
-    headers.remove(header::HOST);
-    // The body was buffered; hyper sets the length of what is actually sent.
-    headers.remove(header::CONTENT_LENGTH);
-    for name in &TOPOLOGY {
-        headers.remove(name);
-    }
-    if headers.keys().any(|k| k.as_str().starts_with("x-forwarded-")) {
-        let xf: Vec<HeaderName> = headers
-            .keys()
-            .filter(|k| k.as_str().starts_with("x-forwarded-"))
-            .cloned()
-            .collect();
-        for name in xf {
-            headers.remove(name);
-        }
-    }
+    strip(headers, |n| is_hop_by_hop(n) || is_caller_only(n));
     headers.insert(header::AUTHORIZATION, key.authorization().clone());
 }
 
@@ -102,8 +87,14 @@ mod tests {
     #[test]
     fn caller_cannot_strip_the_injected_key() {
         let mut h = HeaderMap::new();
-        h.insert(header::CONNECTION, HeaderValue::from_static("authorization, x-foo"));
-        h.insert(header::AUTHORIZATION, HeaderValue::from_static("Basic evil"));
+        h.insert(
+            header::CONNECTION,
+            HeaderValue::from_static("authorization, x-foo"),
+        );
+        h.insert(
+            header::AUTHORIZATION,
+            HeaderValue::from_static("Basic evil"),
+        );
         h.insert("x-foo", HeaderValue::from_static("1"));
         h.insert("x-keep", HeaderValue::from_static("1"));
         rewrite_request(&mut h, &key());
@@ -145,9 +136,15 @@ mod tests {
     #[test]
     fn response_named_connection_headers_are_removed() {
         let mut h = HeaderMap::new();
-        h.insert(header::CONNECTION, HeaderValue::from_static("close, x-internal"));
+        h.insert(
+            header::CONNECTION,
+            HeaderValue::from_static("close, x-internal"),
+        );
         h.insert("x-internal", HeaderValue::from_static("1"));
-        h.insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
+        h.insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("application/json"),
+        );
         rewrite_response(&mut h);
         assert_eq!(h.len(), 1);
     }
