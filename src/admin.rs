@@ -3,6 +3,7 @@
 //! non-loopback admin listener admits only `admin.allow_from` peers.
 
 use std::sync::Arc;
+use std::time::Instant;
 
 use bytes::Bytes;
 use http::header::{CONTENT_TYPE, HeaderValue};
@@ -58,10 +59,30 @@ impl Handler for AdminHandler {
         }
         match req.uri().path() {
             "/healthz" => json(StatusCode::OK, serde_json::json!({ "status": "ok" })),
-            "/readyz" => json(
-                StatusCode::OK,
-                serde_json::json!({ "status": "ready", "generation": snap.generation }),
-            ),
+            "/readyz" => {
+                let r = readiness(&self.shared, &snap).await;
+                let check = |c: &Result<(), String>| match c {
+                    Ok(()) => serde_json::Value::from("ok"),
+                    Err(e) => serde_json::Value::from(e.as_str()),
+                };
+                let ready = r.upstream.is_ok() && r.store.is_ok();
+                json(
+                    if ready {
+                        StatusCode::OK
+                    } else {
+                        StatusCode::SERVICE_UNAVAILABLE
+                    },
+                    serde_json::json!({
+                        "status": if ready { "ready" } else { "not_ready" },
+                        "generation": snap.generation,
+                        "checks": {
+                            "config": "ok",
+                            "upstream": check(&r.upstream),
+                            "store": check(&r.store),
+                        },
+                    }),
+                )
+            }
             "/metrics" => {
                 let mut r = Response::new(Full::new(Bytes::from(self.shared.metrics.encode())));
                 r.headers_mut().insert(
@@ -75,4 +96,34 @@ impl Handler for AdminHandler {
             _ => full(ApiError::new(ErrorCode::NotFound, "no such admin endpoint").into_response()),
         }
     }
+}
+
+/// The outcome of one readiness probe, reused for `admin.probe_interval`
+/// so frequent `/readyz` calls do not hammer PayMongo with handshakes.
+#[derive(Clone, Debug)]
+pub struct Readiness {
+    at: Instant,
+    generation: u64,
+    upstream: Result<(), String>,
+    store: Result<(), String>,
+}
+
+/// Probes (or reuses a fresh probe): a new TLS handshake with the upstream,
+/// and the state store. The lock makes concurrent callers share one probe.
+async fn readiness(shared: &Shared, snap: &crate::reload::Snapshot) -> Readiness {
+    let mut cached = shared.readiness.lock().await;
+    if let Some(r) = cached.as_ref() {
+        if r.generation == snap.generation && r.at.elapsed() < snap.config.admin.probe_interval {
+            return r.clone();
+        }
+    }
+    let (upstream, store) = tokio::join!(snap.upstream.probe(), shared.store_ready());
+    let r = Readiness {
+        at: Instant::now(),
+        generation: snap.generation,
+        upstream,
+        store,
+    };
+    *cached = Some(r.clone());
+    r
 }

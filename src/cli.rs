@@ -3,6 +3,7 @@
 
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
+use std::sync::Arc;
 
 use clap::{Parser, Subcommand};
 use tokio::signal::unix::{SignalKind, signal};
@@ -24,6 +25,11 @@ pub struct Cli {
         default_value = "gateway.toml"
     )]
     pub config: PathBuf,
+
+    /// Do not watch the config file (and the files it references) for
+    /// changes; reload only on SIGHUP.
+    #[arg(long, global = true)]
+    pub no_watch: bool,
 
     #[command(subcommand)]
     command: Option<Command>,
@@ -58,7 +64,7 @@ pub fn main() -> ExitCode {
     };
     rt.block_on(async move {
         match cli.command.unwrap_or(Command::Run) {
-            Command::Run => run(&cli.config).await,
+            Command::Run => run(&cli.config, !cli.no_watch).await,
             Command::Check => check(&cli.config),
             Command::Demo { port } => crate::demo::run(port).await,
         }
@@ -87,7 +93,7 @@ fn check(path: &Path) -> ExitCode {
     }
 }
 
-async fn run(path: &Path) -> ExitCode {
+async fn run(path: &Path, watch: bool) -> ExitCode {
     let config = match Config::load(path) {
         Ok(c) => c,
         Err(e) => {
@@ -100,32 +106,50 @@ async fn run(path: &Path) -> ExitCode {
     };
     crate::log::init(&config.log);
     let gw = match Gateway::start(config).await {
-        Ok(g) => g,
+        Ok(g) => Arc::new(g),
         Err(e) => {
             error!(error = %e, "cannot start");
             return ExitCode::FAILURE;
         }
     };
+    let _watcher = if watch {
+        match crate::reload::spawn_watcher(gw.clone(), path.to_owned()) {
+            Ok(w) => Some(w),
+            Err(e) => {
+                warn!(error = %e, "cannot watch the config file; reload with SIGHUP");
+                None
+            }
+        }
+    } else {
+        None
+    };
     info!(config = %path.display(), "started");
-    serve_until_signal(&gw).await
+    serve_until_signal(&gw, Some(path)).await
 }
 
-/// Waits for SIGTERM/SIGINT, then drains and returns. A second signal during
-/// the drain exits at once.
-pub async fn serve_until_signal(gw: &Gateway) -> ExitCode {
-    let (mut term, mut int) = match (
+/// Serves until SIGTERM/SIGINT, reloading `config` on SIGHUP, then drains
+/// and returns. A second stop signal during the drain exits at once.
+pub async fn serve_until_signal(gw: &Gateway, config: Option<&Path>) -> ExitCode {
+    let (mut term, mut int, mut hup) = match (
         signal(SignalKind::terminate()),
         signal(SignalKind::interrupt()),
+        signal(SignalKind::hangup()),
     ) {
-        (Ok(t), Ok(i)) => (t, i),
+        (Ok(t), Ok(i), Ok(h)) => (t, i, h),
         _ => {
             error!("cannot install signal handlers");
             return ExitCode::FAILURE;
         }
     };
-    tokio::select! {
-        _ = term.recv() => info!("SIGTERM: shutting down"),
-        _ = int.recv() => info!("SIGINT: shutting down"),
+    loop {
+        tokio::select! {
+            _ = term.recv() => { info!("SIGTERM: shutting down"); break }
+            _ = int.recv() => { info!("SIGINT: shutting down"); break }
+            _ = hup.recv() => match config {
+                Some(path) => { let _ = crate::reload::reload(gw, path, "SIGHUP").await; }
+                None => info!("SIGHUP ignored: no config file to reload"),
+            },
+        }
     }
     tokio::select! {
         _ = gw.shutdown() => ExitCode::SUCCESS,

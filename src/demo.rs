@@ -332,7 +332,7 @@ Press Ctrl-C to stop.
         cfg = dir.join("gateway.toml").display(),
         api_port = api_addr.port(),
     );
-    let code = crate::cli::serve_until_signal(&gw).await;
+    let code = crate::cli::serve_until_signal(&gw, Some(&dir.join("gateway.toml"))).await;
     api.shutdown(std::time::Duration::from_secs(1)).await;
     let _ = std::fs::remove_dir_all(&dir);
     Ok(code)

@@ -8,7 +8,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use arc_swap::ArcSwap;
-use tokio::sync::Mutex;
+use tokio::sync::{Mutex, watch};
 use tokio_util::task::TaskTracker;
 use tracing::{error, info};
 
@@ -22,11 +22,15 @@ use crate::server::{self, Bound, BoundAddr, Listener, ServeOptions};
 /// State that lives as long as the process and survives reloads.
 pub struct Shared {
     state: ArcSwap<Snapshot>,
+    generation: watch::Sender<u64>,
+    reload_attempts: watch::Sender<u64>,
     /// Every metric.
     pub metrics: Metrics,
     /// Work that must finish even if the request that started it is gone
     /// (an idempotent call whose client hung up); shutdown waits for it.
     pub tasks: TaskTracker,
+    /// The last readiness probe, reused for `admin.probe_interval`.
+    pub(crate) readiness: Mutex<Option<crate::admin::Readiness>>,
 }
 
 impl Shared {
@@ -35,9 +39,30 @@ impl Shared {
         self.state.load_full()
     }
 
+    /// Follows the configuration generation (1 at start, +1 per reload).
+    pub fn generation(&self) -> watch::Receiver<u64> {
+        self.generation.subscribe()
+    }
+
+    /// Counts finished reload attempts, successful or not.
+    pub fn reload_attempts(&self) -> watch::Receiver<u64> {
+        self.reload_attempts.subscribe()
+    }
+
+    pub(crate) fn reload_attempted(&self) {
+        self.reload_attempts.send_modify(|n| *n += 1);
+    }
+
+    /// Whether the shared state stores (idempotency records, seen events) answer.
+    pub(crate) async fn store_ready(&self) -> Result<(), String> {
+        Ok(())
+    }
+
     pub(crate) fn publish(&self, snap: Snapshot) {
-        self.metrics.set_generation(snap.generation);
+        let g = snap.generation;
+        self.metrics.set_generation(g);
         self.state.store(Arc::new(snap));
+        self.generation.send_replace(g);
     }
 }
 
@@ -81,6 +106,8 @@ pub enum StartError {
 pub struct Gateway {
     shared: Arc<Shared>,
     listeners: Mutex<HashMap<ListenerId, (ListenAddr, Listener)>>,
+    /// One reload at a time: load, build and apply happen under it.
+    pub(crate) reload_lock: Mutex<()>,
 }
 
 impl Gateway {
@@ -90,14 +117,19 @@ impl Gateway {
         let metrics = Metrics::new();
         let snap = Snapshot::build(config, 1, None, &metrics)?;
         metrics.set_generation(snap.generation);
+        let generation = watch::channel(snap.generation).0;
         let shared = Arc::new(Shared {
             state: ArcSwap::from_pointee(snap),
+            generation,
+            reload_attempts: watch::channel(0).0,
             metrics,
             tasks: TaskTracker::new(),
+            readiness: Mutex::new(None),
         });
         let gw = Gateway {
             shared,
             listeners: Mutex::new(HashMap::new()),
+            reload_lock: Mutex::new(()),
         };
         gw.apply(None).await?;
         Ok(gw)

@@ -1,12 +1,29 @@
-//! The reloadable state: one immutable [`Snapshot`] built from a validated
-//! [`Config`], published through an `ArcSwap`. A request loads the snapshot
-//! once and finishes on it; a reload builds a complete new snapshot first
-//! and swaps it in only if every step succeeded.
+//! Live reload: the immutable [`Snapshot`] of everything reloadable, how a
+//! new one is made (read → parse → validate → build → swap), and what
+//! triggers it (SIGHUP, or a change in the config's directory or in the
+//! directory of any file it references, debounced).
+//!
+//! A request loads the snapshot once and finishes on it. A reload builds a
+//! complete new snapshot and binds any new listener first, and swaps only if
+//! every step succeeded; otherwise the running snapshot stays, the reason is
+//! logged and `paymongo_gateway_reloads_total{result="failure"}` counts it.
+//!
+//! Reloadable: services (keys, allowlists, limits, listeners added, removed
+//! or moved), upstream settings, idempotency policy, webhook endpoints,
+//! secrets and certificates, admin settings, log level. Not reloadable
+//! (restart needed): the idempotency store kind and Redis URL, log format.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
+use std::time::Duration;
 
-use crate::config::{Config, ServiceConfig};
+use notify::{RecursiveMode, Watcher as _};
+use tokio::sync::mpsc;
+use tracing::{debug, error, info, warn};
+
+use crate::config::{Config, ConfigError, ServiceConfig};
+use crate::gateway::{Gateway, StartError};
 use crate::metrics::{Metrics, ServiceMetrics};
 use crate::outbound::Upstream;
 
@@ -75,4 +92,145 @@ impl Snapshot {
     pub fn service(&self, name: &str) -> Option<&ServiceRuntime> {
         self.services.get(name)
     }
+}
+
+/// Why a reload was refused. The running snapshot stays in service.
+#[derive(Debug, thiserror::Error)]
+pub enum ReloadError {
+    /// The file could not be read or is not a valid configuration.
+    #[error("{0}")]
+    Config(#[from] ConfigError),
+    /// A runtime part could not be built, or a new listener could not bind.
+    #[error(transparent)]
+    Apply(#[from] StartError),
+}
+
+/// Reloads from `path`. Returns the new generation; on failure the old
+/// snapshot keeps serving.
+pub async fn reload(gw: &Gateway, path: &Path, trigger: &str) -> Result<u64, ReloadError> {
+    let _one_at_a_time = gw.reload_lock.lock().await;
+    let result = try_reload(gw, path).await;
+    gw.shared().reload_attempted();
+    let metrics = &gw.shared().metrics;
+    match &result {
+        Ok(g) => {
+            metrics.reload(true);
+            info!(trigger, generation = g, "reloaded");
+        }
+        Err(e) => {
+            metrics.reload(false);
+            error!(trigger, error = %e, "reload refused; the previous configuration stays in service");
+        }
+    }
+    result
+}
+
+async fn try_reload(gw: &Gateway, path: &Path) -> Result<u64, ReloadError> {
+    // Parsing reads secret files and certificates: keep it off the runtime threads.
+    let p = path.to_owned();
+    let config = tokio::task::spawn_blocking(move || Config::load(&p))
+        .await
+        .map_err(|e| ConfigError::Read {
+            path: path.to_owned(),
+            source: std::io::Error::other(e),
+        })??;
+    let current = gw.snapshot();
+    let level = config.log.level.clone();
+    let snap = Snapshot::build(
+        config,
+        current.generation + 1,
+        Some(&current),
+        &gw.shared().metrics,
+    )
+    .map_err(StartError::from)?;
+    let generation = snap.generation;
+    gw.apply(Some(snap)).await?;
+    crate::log::set_level(&level);
+    Ok(generation)
+}
+
+/// How long the watcher waits for a burst of file events to settle.
+const DEBOUNCE: Duration = Duration::from_millis(200);
+
+/// Watches the config's directory (so editor renames and Kubernetes'
+/// `..data` symlink swaps are seen) and the directories of every file it
+/// references, and reloads after changes settle. Runs until the gateway is
+/// dropped or the watcher fails to start.
+pub fn spawn_watcher(
+    gw: Arc<Gateway>,
+    path: PathBuf,
+) -> Result<tokio::task::JoinHandle<()>, notify::Error> {
+    let (tx, mut rx) = mpsc::unbounded_channel::<notify::Event>();
+    let mut watcher =
+        notify::recommended_watcher(move |res: notify::Result<notify::Event>| match res {
+            Ok(ev) => {
+                let _ = tx.send(ev);
+            }
+            Err(e) => warn!(error = %e, "config watcher error"),
+        })?;
+    let mut watched: HashSet<PathBuf> = HashSet::new();
+    let mut files = watched_files(&path, &gw.snapshot().config);
+    rewatch(&mut watcher, &mut watched, &files);
+    Ok(tokio::spawn(async move {
+        while let Some(ev) = rx.recv().await {
+            if !relevant(&ev, &files) {
+                continue;
+            }
+            // Debounce: keep absorbing events until the directory is quiet.
+            loop {
+                match tokio::time::timeout(DEBOUNCE, rx.recv()).await {
+                    Ok(Some(_)) => continue,
+                    Ok(None) => return,
+                    Err(_) => break,
+                }
+            }
+            debug!("config change detected");
+            if reload(&gw, &path, "file change").await.is_ok() {
+                files = watched_files(&path, &gw.snapshot().config);
+                rewatch(&mut watcher, &mut watched, &files);
+            }
+        }
+    }))
+}
+
+fn watched_files(config_path: &Path, config: &Config) -> HashSet<PathBuf> {
+    let mut files: HashSet<PathBuf> = config.files.iter().cloned().collect();
+    files.insert(config_path.to_owned());
+    files
+}
+
+fn dir_of(p: &Path) -> PathBuf {
+    p.parent()
+        .filter(|d| !d.as_os_str().is_empty())
+        .map_or_else(|| PathBuf::from("."), Path::to_path_buf)
+}
+
+fn rewatch(
+    w: &mut notify::RecommendedWatcher,
+    watched: &mut HashSet<PathBuf>,
+    files: &HashSet<PathBuf>,
+) {
+    let dirs: HashSet<PathBuf> = files.iter().map(|f| dir_of(f)).collect();
+    for d in watched.difference(&dirs) {
+        let _ = w.unwatch(d);
+    }
+    for d in dirs.difference(watched) {
+        if let Err(e) = w.watch(d, RecursiveMode::NonRecursive) {
+            warn!(dir = %d.display(), error = %e, "cannot watch directory for config changes");
+        }
+    }
+    *watched = dirs;
+}
+
+/// An event touching one of our files by name, or a Kubernetes atomic
+/// writer's `..data` swap. Reads (access events) never count.
+fn relevant(ev: &notify::Event, files: &HashSet<PathBuf>) -> bool {
+    if matches!(ev.kind, notify::EventKind::Access(_)) {
+        return false;
+    }
+    let names: HashSet<&std::ffi::OsStr> = files.iter().filter_map(|f| f.file_name()).collect();
+    ev.paths.iter().any(|p| {
+        p.file_name()
+            .is_some_and(|n| names.contains(n) || n.to_string_lossy().starts_with(".."))
+    })
 }

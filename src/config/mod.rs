@@ -117,6 +117,9 @@ pub struct Config {
     pub webhooks: Option<WebhooksConfig>,
     /// `[admin]`.
     pub admin: AdminConfig,
+    /// Every file read while loading (secrets, CA, certificates): the
+    /// reloader watches their directories as well as the config's.
+    pub files: Vec<PathBuf>,
 }
 
 /// `[upstream]`: the PayMongo API and how to reach it.
@@ -311,6 +314,7 @@ impl Config {
             text,
             ctx,
             problems: Vec::new(),
+            files: Vec::new(),
         };
         let config = b.build(raw);
         match config {
@@ -368,6 +372,7 @@ struct Builder<'a, 'c> {
     text: &'a str,
     ctx: &'a LoadContext<'c>,
     problems: Vec<Problem>,
+    files: Vec<PathBuf>,
 }
 
 impl Builder<'_, '_> {
@@ -386,6 +391,15 @@ impl Builder<'_, '_> {
         } else {
             self.ctx.base_dir.join(p)
         }
+    }
+
+    /// Reads a secret (relative file paths from the base dir), remembering the file.
+    fn read_secret(&mut self, r: &SecretRef) -> Result<SecretString, String> {
+        let r = self.secret_ref(r);
+        if let SecretRef::File(p) = &r {
+            self.files.push(p.clone());
+        }
+        secrets::read_secret(&r, self.ctx.env)
     }
 
     fn secret_ref(&self, r: &SecretRef) -> SecretRef {
@@ -417,6 +431,7 @@ impl Builder<'_, '_> {
             idempotency: idempotency?,
             webhooks: webhooks?,
             admin: admin?,
+            files: std::mem::take(&mut self.files),
         };
         self.check_listeners(&config);
         Some(config)
@@ -426,6 +441,7 @@ impl Builder<'_, '_> {
         let mut extra_roots = Vec::new();
         let ca_file = u.ca_file.as_deref().map(|p| self.path(p));
         if let Some(path) = &ca_file {
+            self.files.push(path.clone());
             match crate::tls::load_certs(path) {
                 Ok(c) => extra_roots = c,
                 Err(e) => self.problem("upstream.ca_file", None, e),
@@ -507,7 +523,7 @@ impl Builder<'_, '_> {
                 Some(s.allow_from.clone())
             };
             let key_source = self.secret_ref(s.secret_key.get_ref());
-            let api_key = match secrets::read_secret(&key_source, self.ctx.env) {
+            let api_key = match self.read_secret(&key_source) {
                 Ok(v) => match ApiKey::new(v, mode) {
                     Ok(k) => Some(k),
                     Err(e) => {
@@ -618,15 +634,13 @@ impl Builder<'_, '_> {
                             Some(SecretString::from(s))
                         }
                     }
-                    raw::RedisUrlRef::Secret(r) => {
-                        match secrets::read_secret(&self.secret_ref(&r), self.ctx.env) {
-                            Ok(v) => Some(v),
-                            Err(e) => {
-                                self.problem("idempotency.redis_url", line, e);
-                                None
-                            }
+                    raw::RedisUrlRef::Secret(r) => match self.read_secret(&r) {
+                        Ok(v) => Some(v),
+                        Err(e) => {
+                            self.problem("idempotency.redis_url", line, e);
+                            None
                         }
-                    }
+                    },
                 };
                 if let Some(u) = &url {
                     let s = u.expose_secret();
@@ -686,6 +700,8 @@ impl Builder<'_, '_> {
             (false, Some(cert), Some(key)) => {
                 let cert_path = self.path(&cert);
                 let key_path = self.path(&key);
+                self.files.push(cert_path.clone());
+                self.files.push(key_path.clone());
                 match crate::tls::load_identity(&cert_path, &key_path) {
                     Ok(id) => Some(id),
                     Err(e) => {
@@ -742,7 +758,7 @@ impl Builder<'_, '_> {
                 );
             }
             for r in e.secrets.get_ref() {
-                match secrets::read_secret(&self.secret_ref(r), self.ctx.env) {
+                match self.read_secret(r) {
                     Ok(v) => secrets.push(WebhookSecret::new(v)),
                     Err(msg) => self.problem(key("secrets"), self.line(&e.secrets), msg),
                 }
