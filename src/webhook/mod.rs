@@ -21,6 +21,8 @@
 //!    502, timeout 504 (PayMongo retries). Only an inward 2xx marks the
 //!    event delivered.
 //!
+//! [`tools`] holds the `sign` and `trigger` commands.
+//!
 //! [`WebhookRuntime`] is what a reload swaps: endpoints with their keyed
 //! verifiers and inward clients, and the listener's TLS configuration. The
 //! [`dedupe::EventStore`] lives in `gateway::Shared` instead, so seen events
@@ -31,6 +33,7 @@ pub mod event;
 pub mod forward;
 pub mod receiver;
 pub mod signature;
+pub mod tools;
 
 use std::collections::HashMap;
 use std::sync::Arc;

@@ -348,7 +348,9 @@ fn record(
         Peer::Tcp(a) => a.ip().to_string(),
         Peer::Unix => "unix".to_owned(),
     };
-    let endpoint = trace.endpoint.as_deref().unwrap_or("-");
+    let endpoint = trace.endpoint.as_deref();
+    // The raw (masked, truncated) path only matters when no endpoint matched.
+    let path = if endpoint.is_none() { Some(path) } else { None };
     let event_id = trace.event.as_ref().map(|e| Abbrev(&e.id).to_string());
     let event_type = trace.event.as_ref().map(|e| e.kind.as_str());
     // 0 = current secret, 1 = previous: tells when a rotation can finish.
