@@ -371,6 +371,20 @@ fn record(
             peer,
             "webhook"
         ),
+        // Scanners probe random paths all day on a public listener; those
+        // are worth a line, not a warning.
+        Some(e @ (Rejection::NotFound | Rejection::MethodNotAllowed(_))) => info!(
+            listener = "webhooks",
+            endpoint,
+            path,
+            method = %method,
+            status = status.as_u16(),
+            outcome,
+            latency_ms,
+            peer,
+            reason = %e,
+            "webhook"
+        ),
         Some(e) => warn!(
             listener = "webhooks",
             endpoint,
