@@ -1,4 +1,4 @@
-//! Command line: `run` (default), `check`, `demo`. `--config` (or
+//! Command line: `run` (default), `check`, `sign`, `trigger`, `demo`. `--config` (or
 //! `PAYMONGO_GATEWAY_CONFIG`) may come before or after the subcommand.
 
 use std::path::{Path, PathBuf};
@@ -41,6 +41,10 @@ enum Command {
     Run,
     /// Validate the configuration (keys, files, certificates) and exit; non-zero on problems.
     Check,
+    /// Print a valid Paymongo-Signature header value for a body file (secret from an env var).
+    Sign(crate::webhook::tools::SignArgs),
+    /// Send a correctly signed sample PayMongo event (e.g. payment.paid) to a webhook URL.
+    Trigger(crate::webhook::tools::TriggerArgs),
     /// Run offline: a stand-in PayMongo API over TLS and the gateway in front of it.
     Demo {
         /// Port of the demo service listener on 127.0.0.1 (0 = any free port).
@@ -66,6 +70,8 @@ pub fn main() -> ExitCode {
         match cli.command.unwrap_or(Command::Run) {
             Command::Run => run(&cli.config, !cli.no_watch).await,
             Command::Check => check(&cli.config),
+            Command::Sign(args) => crate::webhook::tools::sign(&args),
+            Command::Trigger(args) => crate::webhook::tools::trigger(&args).await,
             Command::Demo { port } => crate::demo::run(port).await,
         }
     })

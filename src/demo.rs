@@ -5,6 +5,11 @@
 //! rejects requests without the right Basic key, as PayMongo does), writes a
 //! real `gateway.toml` plus secret and CA files into a temporary directory,
 //! starts the gateway from that file, and prints commands to try.
+//!
+//! It also runs the webhook side: the gateway's HTTPS webhook listener (a
+//! certificate from the same throwaway CA) and an inward event sink that
+//! prints every event the gateway delivers, so `trigger` shows an event
+//! being verified and delivered end to end.
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -35,6 +40,10 @@ pub struct LocalCa {
     pub ca_pem: String,
     /// Server identity for `localhost` and `127.0.0.1`.
     pub server: TlsIdentity,
+    /// The same server certificate, PEM (for a `tls_cert` file).
+    pub server_cert_pem: String,
+    /// Its private key, PEM (for a `tls_key` file).
+    pub server_key_pem: String,
 }
 
 /// Makes a fresh CA and a loopback server certificate, in memory.
@@ -62,6 +71,8 @@ pub fn local_ca() -> Result<LocalCa, rcgen::Error> {
             ))),
             cert_path: PathBuf::from("(in memory)"),
         },
+        server_cert_pem: cert.pem(),
+        server_key_pem: key.serialize_pem(),
     })
 }
 
@@ -260,6 +271,16 @@ async fn demo(port: u16) -> Result<ExitCode, String> {
     };
     w("ca.pem", &ca.ca_pem)?;
     w("secret_key", &secret_key)?;
+    let webhook_secret = format!("whsk_demo{}", random_token());
+    w("webhook_secret", &webhook_secret)?;
+    w("webhook-cert.pem", &ca.server_cert_pem)?;
+    w("webhook-key.pem", &ca.server_key_pem)?;
+    let (sink, sink_addr) = start_sink().await?;
+    let webhook_port = if port_free(DEMO_WEBHOOK_PORT) {
+        DEMO_WEBHOOK_PORT
+    } else {
+        0
+    };
     let port = if port_free(port) {
         port
     } else {
@@ -291,6 +312,20 @@ listen = "127.0.0.1:0"
 "#,
         api_port = api_addr.port(),
     );
+    let toml = format!(
+        r#"{toml}
+# PayMongo -> gateway -> inward service. HTTPS with a certificate from the demo CA.
+[webhooks]
+listen = "127.0.0.1:{webhook_port}"
+tls_cert = "webhook-cert.pem"
+tls_key = "webhook-key.pem"
+
+[[webhooks.endpoint]]
+path = "/webhooks/paymongo"
+secrets = [{{ file = "webhook_secret" }}]   # the signing secret PayMongo returned (whsk_...)
+forward_to = "http://{sink_addr}/paymongo/events"
+"#
+    );
     w("gateway.toml", &toml)?;
     let config = Config::load(&dir.join("gateway.toml")).map_err(|e| e.to_string())?;
     let gw = Gateway::start(config).await.map_err(|e| e.to_string())?;
@@ -305,6 +340,11 @@ listen = "127.0.0.1:0"
         .map(|a| a.to_string())
         .unwrap_or_default();
     let base = format!("http://{svc}");
+    let webhooks = gw
+        .webhooks_addr()
+        .await
+        .and_then(|a| a.tcp())
+        .ok_or("demo webhook listener did not bind")?;
     println!(
         r#"
 paymongo-gateway demo is running (offline). Config: {cfg}
@@ -326,14 +366,83 @@ Try:
 
   # a caller's own Authorization is replaced, not forwarded
   curl -s {base}/v1/payment_intents/pi_demo0000000000000000 -H 'Authorization: Basic ZXZpbDo='
-
-Press Ctrl-C to stop.
 "#,
         cfg = dir.join("gateway.toml").display(),
         api_port = api_addr.port(),
     );
+    let exe = std::env::current_exe()
+        .map(|p| p.display().to_string())
+        .unwrap_or_else(|_| "paymongo-gateway".to_owned());
+    let url = format!("https://localhost:{}/webhooks/paymongo", webhooks.port());
+    let dir_s = dir.display();
+    println!(
+        r#"Webhooks:
+  listener (HTTPS):      {url}   (demo CA: {dir_s}/ca.pem)
+  inward event sink:     http://{sink_addr}/paymongo/events   (prints what it receives)
+
+  # a signed payment.paid event: verified, then delivered to the sink (watch for "[sink]")
+  PAYMONGO_WEBHOOK_SECRET="$(cat {dir_s}/webhook_secret)" {exe} trigger payment.paid \
+    --url {url} --ca-file {dir_s}/ca.pem
+
+  # send the same event id twice: the second is acknowledged as a duplicate, not re-delivered
+  PAYMONGO_WEBHOOK_SECRET="$(cat {dir_s}/webhook_secret)" {exe} trigger source.chargeable \
+    --url {url} --ca-file {dir_s}/ca.pem --event-id evt_demo0001
+
+  # a forged signature: 401 signature_invalid, nothing reaches the sink
+  curl -s --cacert {dir_s}/ca.pem {url} -H 'Content-Type: application/json' \
+    -H "Paymongo-Signature: t=$(date +%s),te=0000000000000000000000000000000000000000000000000000000000000000,li=" \
+    -d '{{"data":{{"id":"evt_forged","attributes":{{"type":"payment.paid","livemode":false}}}}}}'
+
+Press Ctrl-C to stop.
+"#
+    );
     let code = crate::cli::serve_until_signal(&gw, Some(&dir.join("gateway.toml"))).await;
     api.shutdown(std::time::Duration::from_secs(1)).await;
+    sink.shutdown(std::time::Duration::from_secs(1)).await;
     let _ = std::fs::remove_dir_all(&dir);
     Ok(code)
+}
+
+/// The webhook listener's port in the demo when free (else any free port).
+const DEMO_WEBHOOK_PORT: u16 = 8443;
+
+/// The demo's inward service: prints each delivered event and answers 200.
+#[derive(Clone)]
+struct DemoSink;
+
+impl Handler for DemoSink {
+    async fn call(&self, req: Request<Incoming>, _peer: Peer) -> Response<ResponseBody> {
+        let header = |name: &str| {
+            req.headers()
+                .get(name)
+                .and_then(|v| v.to_str().ok())
+                .unwrap_or("-")
+                .to_owned()
+        };
+        let (id, kind) = (
+            header(crate::webhook::forward::EVENT_ID_HEADER),
+            header(crate::webhook::forward::EVENT_TYPE_HEADER),
+        );
+        let path = req.uri().path().to_owned();
+        let len = match Limited::new(req.into_body(), 1 << 20).collect().await {
+            Ok(b) => b.to_bytes().len(),
+            Err(_) => 0,
+        };
+        println!("[sink] received {kind} {id} ({len} bytes) at {path}, verified by the gateway");
+        reply(StatusCode::OK, &json!({ "received": true }))
+    }
+}
+
+/// Starts the inward event sink on `127.0.0.1:0` (plain HTTP: loopback only).
+async fn start_sink() -> Result<(server::Listener, SocketAddr), String> {
+    let bound = server::bind(&crate::config::ListenAddr::Tcp(SocketAddr::from((
+        [127, 0, 0, 1],
+        0,
+    ))))
+    .await
+    .map_err(|e| e.to_string())?;
+    let l = server::serve(bound, DemoSink, ServeOptions::plain("demo-sink"))
+        .map_err(|e| e.to_string())?;
+    let addr = l.addr().tcp().ok_or("sink has no tcp address")?;
+    Ok((l, addr))
 }

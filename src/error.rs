@@ -50,6 +50,10 @@ pub enum ErrorCode {
     TimestampOutOfTolerance,
     /// 400: the verified webhook body is not a usable PayMongo event.
     EventInvalid,
+    /// 409: another delivery of the same webhook event is being forwarded.
+    EventInProgress,
+    /// 408: the request body did not arrive in time.
+    RequestTimeout,
 }
 
 impl ErrorCode {
@@ -73,6 +77,8 @@ impl ErrorCode {
             ErrorCode::SignatureInvalid => "signature_invalid",
             ErrorCode::TimestampOutOfTolerance => "timestamp_out_of_tolerance",
             ErrorCode::EventInvalid => "event_invalid",
+            ErrorCode::EventInProgress => "event_in_progress",
+            ErrorCode::RequestTimeout => "request_timeout",
         }
     }
 
@@ -85,7 +91,8 @@ impl ErrorCode {
             | ErrorCode::SignatureMissing
             | ErrorCode::EventInvalid => StatusCode::BAD_REQUEST,
             ErrorCode::IdempotencyKeyReused => StatusCode::UNPROCESSABLE_ENTITY,
-            ErrorCode::IdempotencyKeyInUse => StatusCode::CONFLICT,
+            ErrorCode::IdempotencyKeyInUse | ErrorCode::EventInProgress => StatusCode::CONFLICT,
+            ErrorCode::RequestTimeout => StatusCode::REQUEST_TIMEOUT,
             ErrorCode::IdempotencyStoreUnavailable | ErrorCode::ServiceUnavailable => {
                 StatusCode::SERVICE_UNAVAILABLE
             }
@@ -181,6 +188,76 @@ impl From<&crate::outbound::OutboundError> for ApiError {
     }
 }
 
+impl From<&crate::webhook::Rejection> for ApiError {
+    fn from(r: &crate::webhook::Rejection) -> Self {
+        use crate::webhook::Rejection as R;
+        use crate::webhook::forward::ForwardError as F;
+        use crate::webhook::signature::SignatureError as S;
+        match r {
+            R::NotFound => ApiError::new(ErrorCode::NotFound, "no webhook endpoint at this path"),
+            R::MethodNotAllowed(_) => ApiError::new(
+                ErrorCode::MethodNotAllowed,
+                "webhook endpoints accept POST only",
+            ),
+            R::BodyTooLarge { limit } => ApiError::new(
+                ErrorCode::PayloadTooLarge,
+                format!("the event body exceeds the {limit}-byte limit"),
+            ),
+            R::BodyRead(_) => {
+                ApiError::new(ErrorCode::BadRequest, "the request body could not be read")
+            }
+            R::BodyTimeout(_) => ApiError::new(
+                ErrorCode::RequestTimeout,
+                "the request body did not arrive in time",
+            ),
+            // The parser's reasons name a rule, never header content: safe to
+            // return, and they tell a sender exactly what to fix.
+            R::Signature(e @ (S::Missing | S::Duplicated | S::TooLong(_) | S::Malformed(_))) => {
+                ApiError::new(ErrorCode::SignatureMissing, e.to_string())
+            }
+            R::Signature(S::NoSignatureForMode(which)) => ApiError::new(
+                ErrorCode::SignatureInvalid,
+                format!("the Paymongo-Signature header has no {which} signature"),
+            ),
+            R::Signature(S::Mismatch) => ApiError::new(
+                ErrorCode::SignatureInvalid,
+                "the signature does not match this endpoint's secret",
+            ),
+            R::Signature(S::Stale { tolerance_secs, .. }) => ApiError::new(
+                ErrorCode::TimestampOutOfTolerance,
+                format!(
+                    "the signature timestamp is more than {tolerance_secs}s from the gateway's clock"
+                ),
+            ),
+            R::Event(e) => ApiError::new(ErrorCode::EventInvalid, e.to_string()),
+            R::WrongMode { livemode, .. } => ApiError::new(
+                ErrorCode::EventInvalid,
+                if *livemode {
+                    "a live-mode event was sent to a test-mode gateway"
+                } else {
+                    "a test-mode event was sent to a live-mode gateway"
+                },
+            ),
+            R::InProgress => ApiError::new(
+                ErrorCode::EventInProgress,
+                "this event is being delivered by another request; retry later",
+            ),
+            R::Forward(F::Timeout(_)) => ApiError::new(
+                ErrorCode::UpstreamTimeout,
+                "the receiving service did not answer in time; the event was not acknowledged",
+            ),
+            R::Forward(_) => ApiError::new(
+                ErrorCode::UpstreamUnavailable,
+                "the event could not be delivered to the receiving service",
+            ),
+            R::Disabled => ApiError::new(
+                ErrorCode::ServiceUnavailable,
+                "webhooks are being reconfigured; retry later",
+            ),
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -205,6 +282,14 @@ mod tests {
             (ErrorCode::PayloadTooLarge, 413),
             (ErrorCode::UpstreamUnavailable, 502),
             (ErrorCode::UpstreamTimeout, 504),
+            (ErrorCode::SignatureMissing, 400),
+            (ErrorCode::SignatureInvalid, 401),
+            (ErrorCode::TimestampOutOfTolerance, 401),
+            (ErrorCode::EventInvalid, 400),
+            (ErrorCode::EventInProgress, 409),
+            (ErrorCode::RequestTimeout, 408),
+            (ErrorCode::NotFound, 404),
+            (ErrorCode::MethodNotAllowed, 405),
         ] {
             assert_eq!(c.status().as_u16(), s, "{}", c.as_str());
         }

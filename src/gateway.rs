@@ -10,14 +10,16 @@ use std::time::Duration;
 use arc_swap::ArcSwap;
 use tokio::sync::{Mutex, watch};
 use tokio_util::task::TaskTracker;
-use tracing::{error, info};
+use tracing::{error, info, warn};
 
 use crate::admin::AdminHandler;
 use crate::config::{Config, ListenAddr};
 use crate::metrics::Metrics;
 use crate::outbound::OutboundHandler;
 use crate::reload::{BuildError, Snapshot};
-use crate::server::{self, Bound, BoundAddr, Listener, ServeOptions};
+use crate::server::{self, Bound, BoundAddr, Listener, ServeOptions, TlsSource};
+use crate::webhook::WebhookHandler;
+use crate::webhook::dedupe::{EventStore, MemoryEventStore};
 
 /// State that lives as long as the process and survives reloads.
 pub struct Shared {
@@ -31,6 +33,9 @@ pub struct Shared {
     pub tasks: TaskTracker,
     /// The last readiness probe, reused for `admin.probe_interval`.
     pub(crate) readiness: Mutex<Option<crate::admin::Readiness>>,
+    /// Webhook events delivered or being delivered; outlives reloads so a
+    /// reload never causes a duplicate inward delivery.
+    pub events: Arc<dyn EventStore>,
 }
 
 impl Shared {
@@ -73,6 +78,13 @@ pub enum ListenerId {
     Service(Arc<str>),
     /// `[admin]`.
     Admin,
+    /// `[webhooks]`. Whether it terminates TLS is part of its identity, so
+    /// a reload that toggles `plaintext` replaces the listener instead of
+    /// leaving it in the old mode.
+    Webhooks {
+        /// HTTPS (`false` only with `plaintext = true`).
+        tls: bool,
+    },
 }
 
 impl std::fmt::Display for ListenerId {
@@ -80,6 +92,7 @@ impl std::fmt::Display for ListenerId {
         match self {
             ListenerId::Service(n) => write!(f, "service {n}"),
             ListenerId::Admin => f.write_str("admin"),
+            ListenerId::Webhooks { .. } => f.write_str("webhooks"),
         }
     }
 }
@@ -125,6 +138,7 @@ impl Gateway {
             metrics,
             tasks: TaskTracker::new(),
             readiness: Mutex::new(None),
+            events: Arc::new(MemoryEventStore::new()),
         });
         let gw = Gateway {
             shared,
@@ -157,6 +171,16 @@ impl Gateway {
     /// Where service `name` listens.
     pub async fn service_addr(&self, name: &str) -> Option<BoundAddr> {
         self.addr(&ListenerId::Service(name.into())).await
+    }
+
+    /// Where the webhook listener is bound, whichever transport it uses.
+    pub async fn webhooks_addr(&self) -> Option<BoundAddr> {
+        let listeners = self.listeners.lock().await;
+        [true, false].into_iter().find_map(|tls| {
+            listeners
+                .get(&ListenerId::Webhooks { tls })
+                .map(|(_, l)| l.addr().clone())
+        })
     }
 
     /// Binds listeners new in `next`, publishes it, then stops listeners it
@@ -260,6 +284,32 @@ impl Gateway {
                 opts,
             ),
             ListenerId::Admin => server::serve(bound, AdminHandler::new(self.shared.clone()), opts),
+            ListenerId::Webhooks { tls } => {
+                let snap = self.shared.snapshot();
+                let mut opts = opts;
+                // It faces the internet: a slow client may not hold a
+                // connection open indefinitely before sending its head.
+                if let Some(rt) = &snap.webhooks {
+                    opts.header_timeout = rt.read_timeout;
+                    if rt.has_untimed_scheme() {
+                        warn!(
+                            listener = "webhooks",
+                            "an endpoint uses signature = \"hmac-hex\", which has no timestamp: \
+                             replays are only caught by event-id dedupe (dedupe_ttl)"
+                        );
+                    }
+                }
+                if *tls {
+                    opts.tls = Some(webhook_tls(self.shared.clone()));
+                } else {
+                    warn!(
+                        listener = "webhooks",
+                        "plaintext = true: webhooks are received over plain HTTP; \
+                         only safe behind a load balancer that terminates TLS"
+                    );
+                }
+                server::serve(bound, WebhookHandler::new(self.shared.clone()), opts)
+            }
         }
     }
 
@@ -288,6 +338,19 @@ impl Gateway {
     }
 }
 
+/// The webhook listener's TLS configuration, read from the snapshot current
+/// at each handshake so a reload's new certificate applies to new connections.
+/// `None` (webhooks removed, or switched to plaintext) refuses the handshake.
+fn webhook_tls(shared: Arc<Shared>) -> TlsSource {
+    Arc::new(move || {
+        shared
+            .snapshot()
+            .webhooks
+            .as_ref()
+            .and_then(|w| w.tls.clone())
+    })
+}
+
 /// Starts stopping a listener: the first handle resolves once its socket is
 /// closed, the second when it has drained.
 fn stop_in_background(
@@ -311,5 +374,13 @@ fn desired_listeners(c: &Config) -> HashMap<ListenerId, ListenAddr> {
         .map(|s| (ListenerId::Service(s.name.clone()), s.listen.clone()))
         .collect();
     m.insert(ListenerId::Admin, c.admin.listen.clone());
+    if let Some(w) = &c.webhooks {
+        m.insert(
+            ListenerId::Webhooks {
+                tls: w.tls.is_some(),
+            },
+            w.listen.clone(),
+        );
+    }
     m
 }

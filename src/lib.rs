@@ -4,7 +4,8 @@
 //! The layout follows the architecture: [`config`] turns `gateway.toml` into
 //! checked types; [`outbound`] is the credential-injecting proxy; [`server`]
 //! owns sockets and connections; [`reload`] holds the swappable snapshot;
-//! [`gateway`] ties listeners to snapshots; [`admin`] and [`metrics`] are
+//! [`gateway`] ties listeners to snapshots; [`webhook`] verifies and
+//! forwards PayMongo's event deliveries; [`admin`] and [`metrics`] are
 //! the operator's view; [`error`] is the one place errors become responses.
 
 pub mod admin;
@@ -19,6 +20,7 @@ pub mod outbound;
 pub mod reload;
 pub mod server;
 pub mod tls;
+pub mod webhook;
 
 pub use config::Config;
 pub use gateway::Gateway;

@@ -26,6 +26,7 @@ use crate::config::{Config, ConfigError, ServiceConfig};
 use crate::gateway::{Gateway, StartError};
 use crate::metrics::{Metrics, ServiceMetrics};
 use crate::outbound::Upstream;
+use crate::webhook::WebhookRuntime;
 
 /// Everything a request needs that a reload may change.
 #[derive(Debug)]
@@ -36,6 +37,9 @@ pub struct Snapshot {
     pub config: Arc<Config>,
     /// The PayMongo client (reused across reloads when `[upstream]` is unchanged).
     pub upstream: Upstream,
+    /// The webhook listener's endpoints, secrets, inward clients and TLS
+    /// configuration, when `[webhooks]` is configured.
+    pub webhooks: Option<WebhookRuntime>,
     services: HashMap<Arc<str>, ServiceRuntime>,
 }
 
@@ -54,6 +58,9 @@ pub enum BuildError {
     /// The upstream TLS client could not be configured.
     #[error("upstream: {0}")]
     Upstream(String),
+    /// The webhook listener's TLS or an inward client could not be configured.
+    #[error("webhooks: {0}")]
+    Webhooks(String),
 }
 
 impl Snapshot {
@@ -67,6 +74,12 @@ impl Snapshot {
     ) -> Result<Self, BuildError> {
         let upstream = Upstream::build(&config.upstream, previous.map(|p| &p.upstream))
             .map_err(BuildError::Upstream)?;
+        let webhooks = config
+            .webhooks
+            .as_ref()
+            .map(|w| WebhookRuntime::build(w, config.mode))
+            .transpose()
+            .map_err(BuildError::Webhooks)?;
         let services = config
             .services
             .iter()
@@ -84,6 +97,7 @@ impl Snapshot {
             generation,
             config: Arc::new(config),
             upstream,
+            webhooks,
             services,
         })
     }

@@ -31,6 +31,12 @@ pub use types::{ByteSize, Cidr, Duration, HttpsUrl, ListenAddr, SecretRef};
 
 use crate::outbound::allowlist::Allowlist;
 
+/// Most secrets one webhook endpoint may list (current + previous, with room to spare).
+const MAX_WEBHOOK_SECRETS: usize = 4;
+
+/// How long PayMongo waits for a webhook answer before it counts a failure.
+const PAYMONGO_DELIVERY_TIMEOUT: StdDuration = StdDuration::from_secs(30);
+
 /// Whether the gateway talks to PayMongo's test or live environment. Keys and
 /// webhook events of the other kind are refused.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize)]
@@ -234,6 +240,9 @@ pub struct WebhooksConfig {
     pub tolerance: StdDuration,
     /// `dedupe_ttl`: how long a delivered event id is remembered. Default `"24h"`.
     pub dedupe_ttl: StdDuration,
+    /// `read_timeout`: limit for the TLS handshake and request head, and
+    /// separately for the request body. Default `"10s"`.
+    pub read_timeout: StdDuration,
     /// `[[webhooks.endpoint]]`, at least one.
     pub endpoints: Vec<EndpointConfig>,
 }
@@ -243,15 +252,22 @@ pub struct WebhooksConfig {
 pub struct EndpointConfig {
     /// `path`: the URL path registered with PayMongo, e.g. `/webhooks/paymongo`. Required, unique.
     pub path: String,
-    /// `secrets`: current secret first, during a rotation the previous one second. Required.
+    /// `secrets`: current secret first, during a rotation the previous one second. Required, 1 to 4.
     pub secrets: Vec<WebhookSecret>,
     /// `forward_to`: the inward URL. `http://` only to loopback or with `forward_socket`.
     pub forward_to: http::Uri,
     /// `forward_socket`: deliver over this Unix socket instead of TCP. Default none.
     pub forward_socket: Option<PathBuf>,
+    /// `forward_ca_file`: PEM certificates *added* to the webpki roots for an
+    /// `https://` `forward_to` (an internal CA). Default none.
+    pub forward_ca_file: Option<PathBuf>,
+    /// The certificates read from `forward_ca_file`.
+    pub forward_extra_roots: Vec<CertificateDer<'static>>,
     /// `signature`: `"paymongo"` or `"hmac-hex"`. Default `"paymongo"`.
     pub signature: SignatureScheme,
-    /// `forward_timeout`: limit for the inward delivery. Default `"10s"`.
+    /// `forward_timeout`: limit for the inward delivery, up to its response
+    /// head. Default `"10s"`; under `"30s"` for `signature = "paymongo"`
+    /// (PayMongo waits 30 s for the answer).
     pub forward_timeout: StdDuration,
 }
 
@@ -412,7 +428,7 @@ impl Builder<'_, '_> {
     fn build(&mut self, raw: raw::RawConfig) -> Option<Config> {
         let mode = raw.mode;
         let upstream = self.upstream(raw.upstream.unwrap_or_default());
-        let services = self.services(mode, raw.services);
+        let services = self.services(mode, raw.services, raw.webhooks.is_some());
         let log = self.log(raw.log);
         let idempotency = self.idempotency(raw.idempotency, upstream.as_ref().map(|u| u.timeout));
         let webhooks = match raw.webhooks {
@@ -466,12 +482,18 @@ impl Builder<'_, '_> {
         })
     }
 
-    fn services(&mut self, mode: Mode, raw: Vec<Spanned<raw::RawService>>) -> Vec<ServiceConfig> {
-        if raw.is_empty() {
+    fn services(
+        &mut self,
+        mode: Mode,
+        raw: Vec<Spanned<raw::RawService>>,
+        has_webhooks: bool,
+    ) -> Vec<ServiceConfig> {
+        // A webhook-only gateway (an edge receiver) needs no service.
+        if raw.is_empty() && !has_webhooks {
             self.problem(
                 "service",
                 None,
-                "no [[service]] is defined; add one with name, listen and secret_key",
+                "no [[service]] (and no [webhooks]) is defined; add one with name, listen and secret_key",
             );
         }
         let mut names = HashSet::new();
@@ -731,6 +753,7 @@ impl Builder<'_, '_> {
         let mut endpoints = Vec::new();
         for (i, e) in w.endpoints.into_iter().enumerate() {
             let key = |k: &str| format!("webhooks.endpoint[{i}].{k}");
+            let table_line = self.line(&e);
             let e = e.into_inner();
             let path = e.path.get_ref().clone();
             if !path.starts_with('/')
@@ -750,17 +773,40 @@ impl Builder<'_, '_> {
                 );
             }
             let mut secrets = Vec::new();
-            if e.secrets.get_ref().is_empty() {
-                self.problem(
+            let secrets_line = self.line(&e.secrets);
+            match e.secrets.get_ref().len() {
+                0 => self.problem(key("secrets"), secrets_line, "at least one secret reference is required"),
+                1..=MAX_WEBHOOK_SECRETS => {}
+                n => self.problem(
                     key("secrets"),
-                    self.line(&e.secrets),
-                    "at least one secret reference is required",
-                );
+                    secrets_line,
+                    format!(
+                        "{n} secrets listed; list the current one and, during a rotation, the previous one \
+                         (at most {MAX_WEBHOOK_SECRETS})"
+                    ),
+                ),
             }
             for r in e.secrets.get_ref() {
-                match self.read_secret(r) {
-                    Ok(v) => secrets.push(WebhookSecret::new(v)),
-                    Err(msg) => self.problem(key("secrets"), self.line(&e.secrets), msg),
+                let r = self.secret_ref(r);
+                match self.read_secret(&r) {
+                    Ok(v) => {
+                        let api_key = ["sk_", "pk_"]
+                            .iter()
+                            .any(|p| v.expose_secret().starts_with(p));
+                        if api_key {
+                            self.problem(
+                                key("secrets"),
+                                secrets_line,
+                                format!(
+                                    "the value in {r} is an API key, not a webhook signing secret; \
+                                     use the secret_key returned when the webhook was created (whsk_...)"
+                                ),
+                            );
+                        } else {
+                            secrets.push(WebhookSecret::new(v));
+                        }
+                    }
+                    Err(msg) => self.problem(key("secrets"), secrets_line, msg),
                 }
             }
             let forward_socket = e.forward_socket.as_deref().map(|p| self.path(p));
@@ -772,17 +818,79 @@ impl Builder<'_, '_> {
                         None
                     }
                 };
+            let forward_ca_file = e.forward_ca_file.as_deref().map(|p| self.path(p));
+            let mut forward_extra_roots = Vec::new();
+            if let Some(ca) = &forward_ca_file {
+                self.files.push(ca.clone());
+                if forward_to
+                    .as_ref()
+                    .is_some_and(|u| u.scheme_str() != Some("https"))
+                {
+                    self.problem(
+                        key("forward_ca_file"),
+                        table_line,
+                        "only applies to an https:// forward_to",
+                    );
+                }
+                match crate::tls::load_certs(ca) {
+                    Ok(c) => forward_extra_roots = c,
+                    Err(msg) => self.problem(key("forward_ca_file"), table_line, msg),
+                }
+            }
+            let signature = e.signature.unwrap_or_default();
+            let forward_timeout = e
+                .forward_timeout
+                .map_or(StdDuration::from_secs(10), Duration::get);
+            if forward_timeout.is_zero() {
+                self.problem(key("forward_timeout"), table_line, "must be greater than 0");
+            } else if signature == SignatureScheme::Paymongo
+                && forward_timeout >= PAYMONGO_DELIVERY_TIMEOUT
+            {
+                self.problem(
+                    key("forward_timeout"),
+                    table_line,
+                    format!(
+                        "{forward_timeout:?} must be under 30s: PayMongo gives up on a delivery after 30 s \
+                         and retries it while the first is still being forwarded"
+                    ),
+                );
+            }
             if let Some(forward_to) = forward_to {
                 endpoints.push(EndpointConfig {
                     path,
                     secrets,
                     forward_to,
                     forward_socket,
-                    signature: e.signature.unwrap_or_default(),
-                    forward_timeout: e
-                        .forward_timeout
-                        .map_or(StdDuration::from_secs(10), Duration::get),
+                    forward_ca_file,
+                    forward_extra_roots,
+                    signature,
+                    forward_timeout,
                 });
+            }
+        }
+        let max_body = w.max_body.map_or(1 << 20, ByteSize::bytes);
+        let tolerance = w
+            .tolerance
+            .map_or(StdDuration::from_secs(300), Duration::get);
+        let dedupe_ttl = w
+            .dedupe_ttl
+            .map_or(StdDuration::from_secs(24 * 3600), Duration::get);
+        let read_timeout = w
+            .read_timeout
+            .map_or(StdDuration::from_secs(10), Duration::get);
+        for (k, zero) in [
+            ("webhooks.max_body", max_body == 0),
+            ("webhooks.tolerance", tolerance.as_secs() == 0),
+            ("webhooks.dedupe_ttl", dedupe_ttl.is_zero()),
+            ("webhooks.read_timeout", read_timeout.is_zero()),
+        ] {
+            if zero {
+                let what = if k == "webhooks.tolerance" {
+                    "at least 1s"
+                } else {
+                    "greater than 0"
+                };
+                self.problem(k, line, format!("must be {what}"));
             }
         }
         if !w.plaintext && tls.is_none() {
@@ -791,13 +899,10 @@ impl Builder<'_, '_> {
         Some(WebhooksConfig {
             listen: w.listen,
             tls,
-            max_body: w.max_body.map_or(1 << 20, ByteSize::bytes),
-            tolerance: w
-                .tolerance
-                .map_or(StdDuration::from_secs(300), Duration::get),
-            dedupe_ttl: w
-                .dedupe_ttl
-                .map_or(StdDuration::from_secs(24 * 3600), Duration::get),
+            max_body,
+            tolerance,
+            dedupe_ttl,
+            read_timeout,
             endpoints,
         })
     }

@@ -115,6 +115,7 @@ pub(super) struct RawWebhooks {
     pub max_body: Option<ByteSize>,
     pub tolerance: Option<Duration>,
     pub dedupe_ttl: Option<Duration>,
+    pub read_timeout: Option<Duration>,
     #[serde(default, rename = "endpoint")]
     pub endpoints: Vec<Spanned<RawEndpoint>>,
 }
@@ -126,6 +127,7 @@ pub(super) struct RawEndpoint {
     pub secrets: Spanned<Vec<SecretRef>>,
     pub forward_to: Spanned<String>,
     pub forward_socket: Option<String>,
+    pub forward_ca_file: Option<String>,
     pub signature: Option<super::SignatureScheme>,
     pub forward_timeout: Option<Duration>,
 }

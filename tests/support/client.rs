@@ -135,3 +135,80 @@ pub async fn send_h2c(
         body: body.collect().await.unwrap().to_bytes(),
     }
 }
+
+fn request_bytes(
+    method: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: &[u8],
+) -> Request<Full<Bytes>> {
+    let mut b = Request::builder()
+        .method(method)
+        .uri(path)
+        .header("host", "localhost");
+    for (k, v) in headers {
+        b = b.header(*k, *v);
+    }
+    b.body(Full::new(Bytes::copy_from_slice(body))).unwrap()
+}
+
+/// A TLS connection to `addr` that trusts only `ca` and verifies the name
+/// `localhost`, offering ALPN http/1.1.
+pub async fn connect_tls(
+    addr: SocketAddr,
+    ca: &super::TestCa,
+) -> Result<tokio_rustls::client::TlsStream<tokio::net::TcpStream>, String> {
+    let mut cfg = (*super::ca::client_config(ca)).clone();
+    cfg.alpn_protocols = vec![b"http/1.1".to_vec()];
+    let connector = tokio_rustls::TlsConnector::from(std::sync::Arc::new(cfg));
+    let tcp = tokio::net::TcpStream::connect(addr)
+        .await
+        .map_err(|e| e.to_string())?;
+    let name = rustls_pki_types::ServerName::try_from("localhost").unwrap();
+    connector
+        .connect(name, tcp)
+        .await
+        .map_err(|e| e.to_string())
+}
+
+/// HTTP/1.1 over a fresh TLS connection (trusting `ca`) with a byte body;
+/// transport errors are returned.
+pub async fn try_send_tls(
+    addr: SocketAddr,
+    ca: &super::TestCa,
+    method: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: &[u8],
+) -> Result<Resp, String> {
+    let tls = connect_tls(addr, ca).await?;
+    over(tls, request_bytes(method, path, headers, body)).await
+}
+
+/// Like [`try_send_tls`] but panics on transport errors.
+pub async fn send_tls(
+    addr: SocketAddr,
+    ca: &super::TestCa,
+    method: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: &[u8],
+) -> Resp {
+    try_send_tls(addr, ca, method, path, headers, body)
+        .await
+        .unwrap_or_else(|e| panic!("{method} {path}: {e}"))
+}
+
+/// Plain HTTP/1.1 with a byte body (for a `plaintext = true` listener).
+pub async fn send_bytes(
+    addr: SocketAddr,
+    method: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: &[u8],
+) -> Result<Resp, String> {
+    let tcp = tokio::net::TcpStream::connect(addr)
+        .await
+        .map_err(|e| e.to_string())?;
+    over(tcp, request_bytes(method, path, headers, body)).await
+}
