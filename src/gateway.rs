@@ -287,6 +287,9 @@ impl Gateway {
             ListenerId::Webhooks { tls } => {
                 let snap = self.shared.snapshot();
                 let mut opts = opts;
+                // PayMongo speaks HTTP/1.1, and TLS only offers it; refuse an
+                // h2 preface on the plaintext variant too.
+                opts.http1_only = true;
                 // It faces the internet: a slow client may not hold a
                 // connection open indefinitely before sending its head.
                 if let Some(rt) = &snap.webhooks {

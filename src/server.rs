@@ -145,6 +145,8 @@ pub struct ServeOptions {
     pub tls: Option<TlsSource>,
     /// Limit for reading a request head and for the TLS handshake.
     pub header_timeout: Duration,
+    /// Serve HTTP/1.1 only (no h2c, no h2 preface detection).
+    pub http1_only: bool,
 }
 
 impl ServeOptions {
@@ -154,6 +156,7 @@ impl ServeOptions {
             name: name.into(),
             tls: None,
             header_timeout: Duration::from_secs(30),
+            http1_only: false,
         }
     }
 }
@@ -226,6 +229,9 @@ fn http_builder(opts: &ServeOptions) -> auto::Builder<TokioExecutor> {
     b.http2()
         .timer(TokioTimer::new())
         .max_concurrent_streams(256);
+    if opts.http1_only {
+        b = b.http1_only();
+    }
     b
 }
 
