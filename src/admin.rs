@@ -5,14 +5,14 @@
 use std::sync::Arc;
 
 use bytes::Bytes;
-use http::header::{HeaderValue, CONTENT_TYPE};
+use http::header::{CONTENT_TYPE, HeaderValue};
 use http::{Method, Request, Response, StatusCode};
 use http_body_util::Full;
 use hyper::body::Incoming;
 
 use crate::error::{ApiError, ErrorCode};
 use crate::gateway::Shared;
-use crate::server::{full, Handler, Peer, ResponseBody};
+use crate::server::{Handler, Peer, ResponseBody, full};
 
 /// Serves the admin endpoints.
 #[derive(Clone)]
@@ -42,13 +42,19 @@ impl Handler for AdminHandler {
             let ok = matches!(&peer, Peer::Tcp(a) if nets.iter().any(|n| n.contains(a.ip())));
             if !ok {
                 return full(
-                    ApiError::new(ErrorCode::PeerNotAllowed, "this address may not use the admin listener")
-                        .into_response(),
+                    ApiError::new(
+                        ErrorCode::PeerNotAllowed,
+                        "this address may not use the admin listener",
+                    )
+                    .into_response(),
                 );
             }
         }
         if req.method() != Method::GET && req.method() != Method::HEAD {
-            return full(ApiError::new(ErrorCode::MethodNotAllowed, "admin endpoints are GET only").into_response());
+            return full(
+                ApiError::new(ErrorCode::MethodNotAllowed, "admin endpoints are GET only")
+                    .into_response(),
+            );
         }
         match req.uri().path() {
             "/healthz" => json(StatusCode::OK, serde_json::json!({ "status": "ok" })),
@@ -60,7 +66,9 @@ impl Handler for AdminHandler {
                 let mut r = Response::new(Full::new(Bytes::from(self.shared.metrics.encode())));
                 r.headers_mut().insert(
                     CONTENT_TYPE,
-                    HeaderValue::from_static("application/openmetrics-text; version=1.0.0; charset=utf-8"),
+                    HeaderValue::from_static(
+                        "application/openmetrics-text; version=1.0.0; charset=utf-8",
+                    ),
                 );
                 full(r)
             }

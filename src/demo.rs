@@ -15,17 +15,19 @@ use std::sync::{Arc, Mutex};
 
 use base64::Engine as _;
 use bytes::Bytes;
-use http::header::{HeaderValue, AUTHORIZATION, CONTENT_TYPE};
+use http::header::{AUTHORIZATION, CONTENT_TYPE, HeaderValue};
 use http::{Method, Request, Response, StatusCode};
 use http_body_util::{BodyExt, Full, Limited};
 use hyper::body::Incoming;
-use rcgen::{BasicConstraints, CertificateParams, CertifiedIssuer, DnType, IsCa, KeyPair, KeyUsagePurpose};
+use rcgen::{
+    BasicConstraints, CertificateParams, CertifiedIssuer, DnType, IsCa, KeyPair, KeyUsagePurpose,
+};
 use rustls_pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer};
-use serde_json::{json, Value};
+use serde_json::{Value, json};
 
 use crate::config::{Config, TlsIdentity};
 use crate::gateway::Gateway;
-use crate::server::{self, full, Handler, Peer, ResponseBody, ServeOptions};
+use crate::server::{self, Handler, Peer, ResponseBody, ServeOptions, full};
 
 /// A CA and a `localhost`/`127.0.0.1` server certificate it signed.
 pub struct LocalCa {
@@ -46,14 +48,18 @@ pub fn local_ca() -> Result<LocalCa, rcgen::Error> {
     let ca = CertifiedIssuer::self_signed(ca_params, KeyPair::generate()?)?;
 
     let mut params = CertificateParams::new(vec!["localhost".to_owned(), "127.0.0.1".to_owned()])?;
-    params.distinguished_name.push(DnType::CommonName, "localhost");
+    params
+        .distinguished_name
+        .push(DnType::CommonName, "localhost");
     let key = KeyPair::generate()?;
     let cert = params.signed_by(&key, &ca)?;
     Ok(LocalCa {
         ca_pem: ca.pem(),
         server: TlsIdentity {
             chain: vec![CertificateDer::from(cert.der().to_vec())],
-            key: Arc::new(PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(key.serialize_der()))),
+            key: Arc::new(PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(
+                key.serialize_der(),
+            ))),
             cert_path: PathBuf::from("(in memory)"),
         },
     })
@@ -100,7 +106,10 @@ fn reply(status: StatusCode, v: &Value) -> Response<ResponseBody> {
 }
 
 fn pm_error(status: StatusCode, code: &str, detail: &str) -> Response<ResponseBody> {
-    reply(status, &json!({"errors": [{"code": code, "detail": detail}]}))
+    reply(
+        status,
+        &json!({"errors": [{"code": code, "detail": detail}]}),
+    )
 }
 
 impl Handler for FakePayMongo {
@@ -115,7 +124,13 @@ impl Handler for FakePayMongo {
         let (parts, body) = req.into_parts();
         let body = match Limited::new(body, 64 << 10).collect().await {
             Ok(b) => b.to_bytes(),
-            Err(_) => return pm_error(StatusCode::BAD_REQUEST, "parameter_invalid", "Body too large."),
+            Err(_) => {
+                return pm_error(
+                    StatusCode::BAD_REQUEST,
+                    "parameter_invalid",
+                    "Body too large.",
+                );
+            }
         };
         let segs: Vec<&str> = parts.uri.path().trim_matches('/').split('/').collect();
         match (&parts.method, segs.as_slice()) {
@@ -160,20 +175,34 @@ impl Handler for FakePayMongo {
                 });
                 match updated {
                     Some(v) => reply(StatusCode::OK, &v),
-                    None => pm_error(StatusCode::NOT_FOUND, "resource_not_found", "Payment intent not found."),
+                    None => pm_error(
+                        StatusCode::NOT_FOUND,
+                        "resource_not_found",
+                        "Payment intent not found.",
+                    ),
                 }
             }
-            _ => pm_error(StatusCode::NOT_FOUND, "resource_not_found", "No such route in the demo API."),
+            _ => pm_error(
+                StatusCode::NOT_FOUND,
+                "resource_not_found",
+                "No such route in the demo API.",
+            ),
         }
     }
 }
 
 /// Starts the stand-in API over TLS on `127.0.0.1:0`.
-pub async fn start_fake_paymongo(ca: &LocalCa, secret_key: &str) -> Result<(server::Listener, SocketAddr), String> {
+pub async fn start_fake_paymongo(
+    ca: &LocalCa,
+    secret_key: &str,
+) -> Result<(server::Listener, SocketAddr), String> {
     let tls = crate::tls::server_config(&ca.server, &[b"h2", b"http/1.1"])?;
-    let bound = server::bind(&crate::config::ListenAddr::Tcp(SocketAddr::from(([127, 0, 0, 1], 0))))
-        .await
-        .map_err(|e| e.to_string())?;
+    let bound = server::bind(&crate::config::ListenAddr::Tcp(SocketAddr::from((
+        [127, 0, 0, 1],
+        0,
+    ))))
+    .await
+    .map_err(|e| e.to_string())?;
     let mut opts = ServeOptions::plain("fake-paymongo");
     opts.tls = Some(Arc::new(move || Some(tls.clone())));
     let l = server::serve(bound, FakePayMongo::new(secret_key), opts).map_err(|e| e.to_string())?;

@@ -9,7 +9,7 @@
 use std::borrow::Cow;
 
 use bytes::Bytes;
-use http::header::{HeaderValue, CONTENT_TYPE};
+use http::header::{CONTENT_TYPE, HeaderValue};
 use http::{Response, StatusCode};
 use http_body_util::Full;
 
@@ -94,7 +94,9 @@ impl ErrorCode {
             ErrorCode::UpstreamTimeout => StatusCode::GATEWAY_TIMEOUT,
             ErrorCode::NotFound => StatusCode::NOT_FOUND,
             ErrorCode::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
-            ErrorCode::SignatureInvalid | ErrorCode::TimestampOutOfTolerance => StatusCode::UNAUTHORIZED,
+            ErrorCode::SignatureInvalid | ErrorCode::TimestampOutOfTolerance => {
+                StatusCode::UNAUTHORIZED
+            }
         }
     }
 }
@@ -156,7 +158,9 @@ impl From<&crate::outbound::OutboundError> for ApiError {
                 ErrorCode::PayloadTooLarge,
                 format!("the request body exceeds the {limit}-byte limit"),
             ),
-            E::BodyRead(_) => ApiError::new(ErrorCode::BadRequest, "the request body could not be read"),
+            E::BodyRead(_) => {
+                ApiError::new(ErrorCode::BadRequest, "the request body could not be read")
+            }
             E::ServiceGone => ApiError::new(
                 ErrorCode::ServiceUnavailable,
                 "this listener is being removed; retry on the current one",

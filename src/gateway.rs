@@ -115,7 +115,11 @@ impl Gateway {
 
     /// Where a listener is bound.
     pub async fn addr(&self, id: &ListenerId) -> Option<BoundAddr> {
-        self.listeners.lock().await.get(id).map(|(_, l)| l.addr().clone())
+        self.listeners
+            .lock()
+            .await
+            .get(id)
+            .map(|(_, l)| l.addr().clone())
     }
 
     /// Where service `name` listens.
@@ -128,9 +132,10 @@ impl Gateway {
     /// `None` reconciles the listeners with the snapshot already published.
     pub(crate) async fn apply(&self, next: Option<Snapshot>) -> Result<(), StartError> {
         let mut listeners = self.listeners.lock().await;
-        let config = next
-            .as_ref()
-            .map_or_else(|| self.shared.snapshot().config.clone(), |s| s.config.clone());
+        let config = next.as_ref().map_or_else(
+            || self.shared.snapshot().config.clone(),
+            |s| s.config.clone(),
+        );
         let desired = desired_listeners(&config);
         let drain = config.drain_timeout;
 
@@ -141,9 +146,12 @@ impl Gateway {
             .filter(|(id, (addr, _))| desired.get(*id) != Some(addr))
             .map(|(id, _)| id.clone())
             .collect();
-        let held_by_leaving = |addr: &ListenAddr, ls: &HashMap<ListenerId, (ListenAddr, Listener)>| {
-            leaving.iter().any(|id| ls.get(id).is_some_and(|(a, _)| a == addr))
-        };
+        let held_by_leaving =
+            |addr: &ListenAddr, ls: &HashMap<ListenerId, (ListenAddr, Listener)>| {
+                leaving
+                    .iter()
+                    .any(|id| ls.get(id).is_some_and(|(a, _)| a == addr))
+            };
 
         let mut bound: Vec<(ListenerId, ListenAddr, Bound)> = Vec::new();
         let mut handover: Vec<(ListenerId, ListenAddr)> = Vec::new();
@@ -175,7 +183,10 @@ impl Gateway {
         // Stop listeners whose address a new listener takes over, then bind it.
         let mut stopping = Vec::new();
         for (id, addr) in handover {
-            if let Some(pos) = leaving.iter().position(|l| listeners.get(l).is_some_and(|(a, _)| *a == addr)) {
+            if let Some(pos) = leaving
+                .iter()
+                .position(|l| listeners.get(l).is_some_and(|(a, _)| *a == addr))
+            {
                 let old = leaving.swap_remove(pos);
                 if let Some((_, l)) = listeners.remove(&old) {
                     let (closed, task) = stop_in_background(l, drain);
@@ -185,7 +196,9 @@ impl Gateway {
             }
             match server::bind(&addr).await {
                 Ok(b) => bound.push((id, addr, b)),
-                Err(e) => error!(listener = %id, addr = %addr, error = %e, "cannot take over address"),
+                Err(e) => {
+                    error!(listener = %id, addr = %addr, error = %e, "cannot take over address")
+                }
             }
         }
         for (id, addr, b) in bound {
@@ -209,9 +222,11 @@ impl Gateway {
     fn serve(&self, id: &ListenerId, bound: Bound) -> io::Result<Listener> {
         let opts = ServeOptions::plain(id.to_string());
         match id {
-            ListenerId::Service(name) => {
-                server::serve(bound, OutboundHandler::new(name.clone(), self.shared.clone()), opts)
-            }
+            ListenerId::Service(name) => server::serve(
+                bound,
+                OutboundHandler::new(name.clone(), self.shared.clone()),
+                opts,
+            ),
             ListenerId::Admin => server::serve(bound, AdminHandler::new(self.shared.clone()), opts),
         }
     }
@@ -220,12 +235,21 @@ impl Gateway {
     /// in-flight requests and detached upstream calls, then returns.
     pub async fn shutdown(&self) {
         let drain = self.shared.snapshot().config.drain_timeout;
-        let all: Vec<Listener> = self.listeners.lock().await.drain().map(|(_, (_, l))| l).collect();
+        let all: Vec<Listener> = self
+            .listeners
+            .lock()
+            .await
+            .drain()
+            .map(|(_, (_, l))| l)
+            .collect();
         info!(listeners = all.len(), ?drain, "shutting down");
         let stops = all.into_iter().map(|l| l.shutdown(drain));
         futures_util::future::join_all(stops).await;
         self.shared.tasks.close();
-        if tokio::time::timeout(drain, self.shared.tasks.wait()).await.is_err() {
+        if tokio::time::timeout(drain, self.shared.tasks.wait())
+            .await
+            .is_err()
+        {
             error!("shutdown: detached upstream calls still running at the drain deadline");
         }
         info!("shutdown complete");
@@ -234,7 +258,13 @@ impl Gateway {
 
 /// Starts stopping a listener: the first handle resolves once its socket is
 /// closed, the second when it has drained.
-fn stop_in_background(l: Listener, drain: Duration) -> (tokio::sync::oneshot::Receiver<()>, tokio::task::JoinHandle<()>) {
+fn stop_in_background(
+    l: Listener,
+    drain: Duration,
+) -> (
+    tokio::sync::oneshot::Receiver<()>,
+    tokio::task::JoinHandle<()>,
+) {
     let (tx, rx) = tokio::sync::oneshot::channel();
     let task = tokio::spawn(async move {
         l.shutdown_notify(drain, tx).await;

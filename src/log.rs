@@ -10,7 +10,7 @@ use std::sync::OnceLock;
 
 use tracing_subscriber::layer::SubscriberExt;
 use tracing_subscriber::util::SubscriberInitExt;
-use tracing_subscriber::{reload, EnvFilter, Registry};
+use tracing_subscriber::{EnvFilter, Registry, reload};
 
 use crate::config::{LogConfig, LogFormat};
 
@@ -86,7 +86,10 @@ impl fmt::Display for MaskedPath<'_> {
                 f.write_str("/")?;
             }
             let looks_like_id = i >= 2
-                && (seg.len() > 24 || seg.bytes().any(|b| b.is_ascii_digit() || b.is_ascii_uppercase() || b == b'%'));
+                && (seg.len() > 24
+                    || seg
+                        .bytes()
+                        .any(|b| b.is_ascii_digit() || b.is_ascii_uppercase() || b == b'%'));
             if looks_like_id {
                 f.write_str("{id}")?;
             } else {
@@ -102,7 +105,11 @@ pub struct Abbrev<'a>(pub &'a str);
 
 impl fmt::Display for Abbrev<'_> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let cut = self.0.char_indices().nth(6).map_or(self.0.len(), |(i, _)| i);
+        let cut = self
+            .0
+            .char_indices()
+            .nth(6)
+            .map_or(self.0.len(), |(i, _)| i);
         f.write_str(&self.0[..cut])?;
         if cut < self.0.len() {
             f.write_str("…")?;
@@ -119,9 +126,18 @@ mod tests {
     fn masks_ids_and_drops_query() {
         let m = |p: &str| MaskedPath(p).to_string();
         assert_eq!(m("/v1/payment_intents"), "/v1/payment_intents");
-        assert_eq!(m("/v1/payment_intents/pi_3Pb9xYz/attach"), "/v1/payment_intents/{id}/attach");
-        assert_eq!(m("/v1/customers/cus_abc1?email=a@b.c"), "/v1/customers/{id}");
-        assert_eq!(m("/v1/sources/src_abcdefghijklmnopqrstuvwxyz"), "/v1/sources/{id}");
+        assert_eq!(
+            m("/v1/payment_intents/pi_3Pb9xYz/attach"),
+            "/v1/payment_intents/{id}/attach"
+        );
+        assert_eq!(
+            m("/v1/customers/cus_abc1?email=a@b.c"),
+            "/v1/customers/{id}"
+        );
+        assert_eq!(
+            m("/v1/sources/src_abcdefghijklmnopqrstuvwxyz"),
+            "/v1/sources/{id}"
+        );
         assert_eq!(m("/"), "/");
     }
 

@@ -14,7 +14,7 @@ use prometheus_client::encoding::{EncodeLabelSet, EncodeLabelValue};
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
-use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
+use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::Registry;
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -126,8 +126,9 @@ impl Metrics {
     pub fn new() -> Self {
         let mut registry = Registry::with_prefix("paymongo_gateway");
         let requests = Family::<RequestLabels, Counter>::default();
-        let upstream_latency =
-            Family::<ServiceLabel, Histogram>::new_with_constructor(latency_histogram as fn() -> Histogram);
+        let upstream_latency = Family::<ServiceLabel, Histogram>::new_with_constructor(
+            latency_histogram as fn() -> Histogram,
+        );
         let upstream_errors = Family::<KindLabel, Counter>::default();
         let idempotency = Family::<OutcomeLabel, Counter>::default();
         let webhooks = Family::<ReasonLabel, Counter>::default();
@@ -153,8 +154,16 @@ impl Metrics {
             "Idempotency decisions by outcome",
             idempotency.clone(),
         );
-        registry.register("webhooks", "Webhook deliveries by outcome", webhooks.clone());
-        registry.register("reloads", "Configuration reloads by result", reloads.clone());
+        registry.register(
+            "webhooks",
+            "Webhook deliveries by outcome",
+            webhooks.clone(),
+        );
+        registry.register(
+            "reloads",
+            "Configuration reloads by result",
+            reloads.clone(),
+        );
         registry.register(
             "config_generation",
             "Generation of the configuration in use (1 at start, +1 per successful reload)",
@@ -183,7 +192,13 @@ impl Metrics {
                 .clone()
         };
         ServiceMetrics(Arc::new(ServiceMetricsInner {
-            by_class: [class("1xx"), class("2xx"), class("3xx"), class("4xx"), class("5xx")],
+            by_class: [
+                class("1xx"),
+                class("2xx"),
+                class("3xx"),
+                class("4xx"),
+                class("5xx"),
+            ],
             upstream_latency: self
                 .upstream_latency
                 .get_or_create(&ServiceLabel {
@@ -195,12 +210,16 @@ impl Metrics {
 
     /// Counts an upstream failure by kind (`connect`, `timeout`, `reset`).
     pub fn upstream_error(&self, kind: &'static str) {
-        self.upstream_errors.get_or_create(&KindLabel { kind }).inc();
+        self.upstream_errors
+            .get_or_create(&KindLabel { kind })
+            .inc();
     }
 
     /// Counts an idempotency decision.
     pub fn idempotency(&self, outcome: IdempotencyOutcome) {
-        self.idempotency.get_or_create(&OutcomeLabel { outcome }).inc();
+        self.idempotency
+            .get_or_create(&OutcomeLabel { outcome })
+            .inc();
     }
 
     /// Counts a webhook delivery outcome.
@@ -266,8 +285,13 @@ mod tests {
         m.reload(false);
         m.set_generation(3);
         let text = m.encode();
-        assert!(text.contains("paymongo_gateway_requests_total{service=\"checkout\",class=\"2xx\"} 1"), "{text}");
-        assert!(text.contains("paymongo_gateway_requests_total{service=\"checkout\",class=\"4xx\"} 1"));
+        assert!(
+            text.contains("paymongo_gateway_requests_total{service=\"checkout\",class=\"2xx\"} 1"),
+            "{text}"
+        );
+        assert!(
+            text.contains("paymongo_gateway_requests_total{service=\"checkout\",class=\"4xx\"} 1")
+        );
         assert!(text.contains("paymongo_gateway_idempotency_total{outcome=\"replay\"} 1"));
         assert!(text.contains("paymongo_gateway_webhooks_total{reason=\"bad_signature\"} 1"));
         assert!(text.contains("paymongo_gateway_reloads_total{result=\"failure\"} 1"));

@@ -50,7 +50,11 @@ pub fn full(resp: Response<Full<Bytes>>) -> Response<ResponseBody> {
 /// What a listener does with each request.
 pub trait Handler: Clone + Send + Sync + 'static {
     /// Answers one request. Errors are answers too: this cannot fail.
-    fn call(&self, req: Request<Incoming>, peer: Peer) -> impl Future<Output = Response<ResponseBody>> + Send;
+    fn call(
+        &self,
+        req: Request<Incoming>,
+        peer: Peer,
+    ) -> impl Future<Output = Response<ResponseBody>> + Send;
 }
 
 /// Where a listener actually bound (port 0 resolved).
@@ -175,7 +179,11 @@ impl Listener {
     /// Stops accepting at once, then waits up to `drain` for open
     /// connections to finish their in-flight requests.
     pub async fn shutdown(self, drain: Duration) {
-        self.stop_with(Stop { drain, closed: None }).await;
+        self.stop_with(Stop {
+            drain,
+            closed: None,
+        })
+        .await;
     }
 
     /// Like [`Listener::shutdown`], and signals `closed` as soon as the
@@ -221,7 +229,12 @@ fn http_builder(opts: &ServeOptions) -> auto::Builder<TokioExecutor> {
     b
 }
 
-async fn accept_loop<H: Handler>(bound: Bound, handler: H, opts: ServeOptions, mut stop: oneshot::Receiver<Stop>) {
+async fn accept_loop<H: Handler>(
+    bound: Bound,
+    handler: H,
+    opts: ServeOptions,
+    mut stop: oneshot::Receiver<Stop>,
+) {
     let graceful = GracefulShutdown::new();
     let builder = Arc::new(http_builder(&opts));
     let stop = loop {
@@ -232,7 +245,14 @@ async fn accept_loop<H: Handler>(bound: Bound, handler: H, opts: ServeOptions, m
         };
         match accepted {
             Ok(Accepted::Tcp(s, peer)) => {
-                spawn_conn(s, Peer::Tcp(peer), &handler, &builder, graceful.watcher(), &opts);
+                spawn_conn(
+                    s,
+                    Peer::Tcp(peer),
+                    &handler,
+                    &builder,
+                    graceful.watcher(),
+                    &opts,
+                );
             }
             Ok(Accepted::Unix(s)) => {
                 spawn_conn(s, Peer::Unix, &handler, &builder, graceful.watcher(), &opts);
@@ -260,7 +280,10 @@ async fn accept_loop<H: Handler>(bound: Bound, handler: H, opts: ServeOptions, m
     if open > 0 {
         info!(listener = %opts.name, connections = open, "draining");
     }
-    if tokio::time::timeout(drain, graceful.shutdown()).await.is_err() {
+    if tokio::time::timeout(drain, graceful.shutdown())
+        .await
+        .is_err()
+    {
         warn!(listener = %opts.name, "drain deadline passed; closing remaining connections");
     }
     info!(listener = %opts.name, "stopped");
@@ -316,8 +339,13 @@ fn spawn_conn<IO, H>(
     });
 }
 
-async fn serve_io<IO, H>(io: IO, peer: Peer, handler: H, builder: &auto::Builder<TokioExecutor>, watcher: Watcher)
-where
+async fn serve_io<IO, H>(
+    io: IO,
+    peer: Peer,
+    handler: H,
+    builder: &auto::Builder<TokioExecutor>,
+    watcher: Watcher,
+) where
     IO: AsyncRead + AsyncWrite + Unpin + Send + 'static,
     H: Handler,
 {

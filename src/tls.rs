@@ -54,7 +54,12 @@ pub fn server_config(id: &TlsIdentity, alpn: &[&[u8]]) -> Result<Arc<ServerConfi
         .map_err(|e| format!("tls: {e}"))?
         .with_no_client_auth()
         .with_single_cert(id.chain.clone(), id.key.clone_key())
-        .map_err(|e| format!("{}: certificate and key do not form a usable identity: {e}", id.cert_path.display()))?;
+        .map_err(|e| {
+            format!(
+                "{}: certificate and key do not form a usable identity: {e}",
+                id.cert_path.display()
+            )
+        })?;
     cfg.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
     Ok(Arc::new(cfg))
 }

@@ -5,7 +5,7 @@ mod support;
 
 use base64::Engine as _;
 use support::client::send_h2c;
-use support::{send, send_unix, FakeUpstream, Gate, Harness, Reply, TestCa};
+use support::{FakeUpstream, Gate, Harness, Reply, TestCa, send, send_unix};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 const SK: &str = "sk_test_outboundKEY1";
@@ -100,9 +100,24 @@ async fn allowlist_permits_listed_routes_and_refuses_the_rest_unforwarded() {
     let g = h.gateway(&one_service(allow), &[("SK_CHECKOUT", SK)]).await;
     let addr = g.addr("checkout").await;
 
-    assert_eq!(send(addr, "POST", "/v1/payment_intents", &[], "{}").await.status, 200);
-    assert_eq!(send(addr, "GET", "/v1/payment_intents/pi_1", &[], "").await.status, 200);
-    assert_eq!(send(addr, "POST", "/v1/payment_intents/pi_1/attach", &[], "{}").await.status, 200);
+    assert_eq!(
+        send(addr, "POST", "/v1/payment_intents", &[], "{}")
+            .await
+            .status,
+        200
+    );
+    assert_eq!(
+        send(addr, "GET", "/v1/payment_intents/pi_1", &[], "")
+            .await
+            .status,
+        200
+    );
+    assert_eq!(
+        send(addr, "POST", "/v1/payment_intents/pi_1/attach", &[], "{}")
+            .await
+            .status,
+        200
+    );
     let allowed = h.upstream.total();
     assert_eq!(allowed, 3);
 
@@ -118,9 +133,17 @@ async fn allowlist_permits_listed_routes_and_refuses_the_rest_unforwarded() {
         let r = send(addr, m, p, &[], "").await;
         assert_eq!(r.status, 403, "{m} {p}");
         assert_eq!(r.error_code(), "route_not_allowed");
-        assert!(r.header("content-type").unwrap().starts_with("application/json"));
+        assert!(
+            r.header("content-type")
+                .unwrap()
+                .starts_with("application/json")
+        );
     }
-    assert_eq!(h.upstream.total(), allowed, "refused routes never reach upstream");
+    assert_eq!(
+        h.upstream.total(),
+        allowed,
+        "refused routes never reach upstream"
+    );
 }
 
 #[tokio::test]
@@ -145,11 +168,24 @@ secret_key = {{ file = "billing.sk" }}
     let g = h.gateway(&services, &[("SK_CHECKOUT", SK)]).await;
     let a = g.addr("checkout").await;
 
-    assert_eq!(send(a, "GET", "/v1/payment_intents/pi_a", &[], "").await.status, 200);
+    assert_eq!(
+        send(a, "GET", "/v1/payment_intents/pi_a", &[], "")
+            .await
+            .status,
+        200
+    );
     let r = send_unix(&sock, "GET", "/v1/payment_intents/pi_b", &[], "").await;
     assert_eq!(r.status, 200);
     let seen = h.upstream.requests();
-    let by_path = |p: &str| seen.iter().find(|s| s.path == p).unwrap().headers.get("authorization").unwrap().clone();
+    let by_path = |p: &str| {
+        seen.iter()
+            .find(|s| s.path == p)
+            .unwrap()
+            .headers
+            .get("authorization")
+            .unwrap()
+            .clone()
+    };
     assert_eq!(by_path("/v1/payment_intents/pi_a"), basic(SK).as_str());
     assert_eq!(by_path("/v1/payment_intents/pi_b"), basic(SK2).as_str());
 }
@@ -158,10 +194,21 @@ secret_key = {{ file = "billing.sk" }}
 async fn h2c_callers_are_served_and_upstream_negotiates_h2() {
     let h = Harness::new().await;
     let g = h.gateway(&one_service(""), &[("SK_CHECKOUT", SK)]).await;
-    let r = send_h2c(g.addr("checkout").await, "GET", "/v1/payment_intents/pi_h2", &[], "").await;
+    let r = send_h2c(
+        g.addr("checkout").await,
+        "GET",
+        "/v1/payment_intents/pi_h2",
+        &[],
+        "",
+    )
+    .await;
     assert_eq!(r.status, 200);
     let s = &h.upstream.requests()[0];
-    assert_eq!(s.version, http::Version::HTTP_2, "ALPN should pick h2 upstream");
+    assert_eq!(
+        s.version,
+        http::Version::HTTP_2,
+        "ALPN should pick h2 upstream"
+    );
     assert_eq!(s.headers.get("authorization").unwrap(), basic(SK).as_str());
 }
 
@@ -175,10 +222,20 @@ async fn upstream_over_http1_only_also_works() {
         one_service("")
     );
     let g = support::start_gateway(&cfg, h.dir.path(), &[("SK_CHECKOUT", SK)]).await;
-    let r = send(g.addr("checkout").await, "GET", "/v1/payment_intents/pi_1", &[], "").await;
+    let r = send(
+        g.addr("checkout").await,
+        "GET",
+        "/v1/payment_intents/pi_1",
+        &[],
+        "",
+    )
+    .await;
     assert_eq!(r.status, 200);
     assert_eq!(up.requests()[0].version, http::Version::HTTP_11);
-    assert_eq!(up.requests()[0].headers.get("host").unwrap(), &format!("localhost:{}", up.port()));
+    assert_eq!(
+        up.requests()[0].headers.get("host").unwrap(),
+        &format!("localhost:{}", up.port())
+    );
 }
 
 #[tokio::test]
@@ -186,22 +243,51 @@ async fn untrusted_certificate_is_502_and_no_request_reaches_it() {
     let h = Harness::new().await;
     let rogue = TestCa::new("rogue CA");
     let up = FakeUpstream::start(&rogue.leaf(&["localhost", "127.0.0.1"])).await;
-    let cfg = format!("{}\n{}", support::base_config(up.port(), &h.ca_file), one_service(""));
+    let cfg = format!(
+        "{}\n{}",
+        support::base_config(up.port(), &h.ca_file),
+        one_service("")
+    );
     let g = support::start_gateway(&cfg, h.dir.path(), &[("SK_CHECKOUT", SK)]).await;
-    let r = send(g.addr("checkout").await, "POST", "/v1/payment_intents", &[], "{}").await;
+    let r = send(
+        g.addr("checkout").await,
+        "POST",
+        "/v1/payment_intents",
+        &[],
+        "{}",
+    )
+    .await;
     assert_eq!(r.status, 502);
     assert_eq!(r.error_code(), "upstream_unavailable");
-    assert!(!String::from_utf8_lossy(&r.body).contains("127.0.0.1"), "no internal address in details");
-    assert_eq!(up.total(), 0, "no HTTP request may reach an unverified upstream");
+    assert!(
+        !String::from_utf8_lossy(&r.body).contains("127.0.0.1"),
+        "no internal address in details"
+    );
+    assert_eq!(
+        up.total(),
+        0,
+        "no HTTP request may reach an unverified upstream"
+    );
 }
 
 #[tokio::test]
 async fn wrong_hostname_is_502_and_no_request_reaches_it() {
     let h = Harness::new().await;
     let up = FakeUpstream::start(&h.ca.leaf(&["api.other.example"])).await;
-    let cfg = format!("{}\n{}", support::base_config(up.port(), &h.ca_file), one_service(""));
+    let cfg = format!(
+        "{}\n{}",
+        support::base_config(up.port(), &h.ca_file),
+        one_service("")
+    );
     let g = support::start_gateway(&cfg, h.dir.path(), &[("SK_CHECKOUT", SK)]).await;
-    let r = send(g.addr("checkout").await, "GET", "/v1/payment_intents/pi_1", &[], "").await;
+    let r = send(
+        g.addr("checkout").await,
+        "GET",
+        "/v1/payment_intents/pi_1",
+        &[],
+        "",
+    )
+    .await;
     assert_eq!(r.status, 502);
     assert_eq!(r.error_code(), "upstream_unavailable");
     assert_eq!(up.total(), 0);
@@ -211,10 +297,25 @@ async fn wrong_hostname_is_502_and_no_request_reaches_it() {
 async fn upstream_down_is_502() {
     let h = Harness::new().await;
     // A port that was just free: bind, read the port, close.
-    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
-    let cfg = format!("{}\n{}", support::base_config(port, &h.ca_file), one_service(""));
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let cfg = format!(
+        "{}\n{}",
+        support::base_config(port, &h.ca_file),
+        one_service("")
+    );
     let g = support::start_gateway(&cfg, h.dir.path(), &[("SK_CHECKOUT", SK)]).await;
-    let r = send(g.addr("checkout").await, "GET", "/v1/payment_intents/pi_1", &[], "").await;
+    let r = send(
+        g.addr("checkout").await,
+        "GET",
+        "/v1/payment_intents/pi_1",
+        &[],
+        "",
+    )
+    .await;
     assert_eq!(r.status, 502);
     assert_eq!(r.error_code(), "upstream_unavailable");
 }
@@ -226,9 +327,18 @@ async fn slow_upstream_is_504() {
     let g2 = gate.clone();
     h.upstream
         .behave(move |_, _| Reply::Hold(g2.clone(), Box::new(Reply::Json(200, "{}".into()))));
-    let cfg = h.config(&one_service("")).replace("timeout = \"5s\"", "timeout = \"300ms\"");
+    let cfg = h
+        .config(&one_service(""))
+        .replace("timeout = \"5s\"", "timeout = \"300ms\"");
     let g = support::start_gateway(&cfg, h.dir.path(), &[("SK_CHECKOUT", SK)]).await;
-    let r = send(g.addr("checkout").await, "GET", "/v1/payment_intents/pi_1", &[], "").await;
+    let r = send(
+        g.addr("checkout").await,
+        "GET",
+        "/v1/payment_intents/pi_1",
+        &[],
+        "",
+    )
+    .await;
     assert_eq!(r.status, 504);
     assert_eq!(r.error_code(), "upstream_timeout");
     assert_eq!(h.upstream.total(), 1);
@@ -250,7 +360,9 @@ async fn body_over_the_limit_is_413_and_never_forwarded() {
 
     // Chunked, no Content-Length: refused once the limit is crossed.
     let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
-    let mut req = b"POST /v1/payment_intents HTTP/1.1\r\nhost: x\r\ntransfer-encoding: chunked\r\n\r\n".to_vec();
+    let mut req =
+        b"POST /v1/payment_intents HTTP/1.1\r\nhost: x\r\ntransfer-encoding: chunked\r\n\r\n"
+            .to_vec();
     for _ in 0..3 {
         req.extend_from_slice(b"200\r\n");
         req.extend_from_slice(&[b'y'; 0x200]);
@@ -267,7 +379,11 @@ async fn body_over_the_limit_is_413_and_never_forwarded() {
     // Exactly at the limit passes.
     let ok = send(addr, "POST", "/v1/payment_intents", &[], &"z".repeat(1024)).await;
     assert_eq!(ok.status, 200);
-    assert_eq!(h.upstream.total(), 1, "only the in-limit request was forwarded");
+    assert_eq!(
+        h.upstream.total(),
+        1,
+        "only the in-limit request was forwarded"
+    );
 }
 
 #[tokio::test]
@@ -295,12 +411,18 @@ async fn upstream_reset_is_502_and_the_gateway_stays_up() {
     // connection is cut short of the promised length, never a silently
     // complete-looking success.
     let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
-    s.write_all(b"GET /v1/x/midbody HTTP/1.1\r\nhost: x\r\n\r\n").await.unwrap();
+    s.write_all(b"GET /v1/x/midbody HTTP/1.1\r\nhost: x\r\n\r\n")
+        .await
+        .unwrap();
     let mut got = Vec::new();
     let mut buf = [0u8; 1024];
     while !String::from_utf8_lossy(&got).contains("{\"part") {
         let n = s.read(&mut buf).await.unwrap();
-        assert!(n > 0, "closed before the partial body: {:?}", String::from_utf8_lossy(&got));
+        assert!(
+            n > 0,
+            "closed before the partial body: {:?}",
+            String::from_utf8_lossy(&got)
+        );
         got.extend_from_slice(&buf[..n]);
     }
     let head = String::from_utf8_lossy(&got).to_string();
@@ -314,7 +436,10 @@ async fn upstream_reset_is_502_and_the_gateway_stays_up() {
         }
     }
     let body_len = got.len() - (head.find("\r\n\r\n").unwrap() + 4);
-    assert!(body_len < 100, "connection must close short of Content-Length");
+    assert!(
+        body_len < 100,
+        "connection must close short of Content-Length"
+    );
 
     let ok = send(addr, "GET", "/v1/x/fine", &[], "").await;
     assert_eq!(ok.status, 200, "gateway still serving");
@@ -332,14 +457,26 @@ async fn upstream_status_and_headers_pass_through() {
                 ("connection".into(), "x-upstream-hop".into()),
                 ("x-upstream-hop".into(), "1".into()),
             ],
-            bytes::Bytes::from_static(br#"{"errors":[{"code":"parameter_below_minimum","detail":"d"}]}"#),
+            bytes::Bytes::from_static(
+                br#"{"errors":[{"code":"parameter_below_minimum","detail":"d"}]}"#,
+            ),
         )
     });
     let g = h.gateway(&one_service(""), &[("SK_CHECKOUT", SK)]).await;
-    let r = send(g.addr("checkout").await, "POST", "/v1/payment_intents", &[], "{}").await;
+    let r = send(
+        g.addr("checkout").await,
+        "POST",
+        "/v1/payment_intents",
+        &[],
+        "{}",
+    )
+    .await;
     assert_eq!(r.status, 400);
     assert_eq!(r.header("x-request-id"), Some("req_123"));
-    assert!(r.header("x-upstream-hop").is_none(), "hop-by-hop stripped on the way back");
+    assert!(
+        r.header("x-upstream-hop").is_none(),
+        "hop-by-hop stripped on the way back"
+    );
     assert_eq!(r.error_code(), "parameter_below_minimum");
 }
 
@@ -363,11 +500,25 @@ allow_from = ["127.0.0.0/8"]
 "#;
     let g = h.gateway(services, &[("SK_CHECKOUT", SK)]).await;
     let port = |a: std::net::SocketAddr| std::net::SocketAddr::from(([127, 0, 0, 1], a.port()));
-    let r = send(port(g.addr("outside").await), "GET", "/v1/payment_intents/pi_1", &[], "").await;
+    let r = send(
+        port(g.addr("outside").await),
+        "GET",
+        "/v1/payment_intents/pi_1",
+        &[],
+        "",
+    )
+    .await;
     assert_eq!(r.status, 403);
     assert_eq!(r.error_code(), "peer_not_allowed");
     assert_eq!(h.upstream.total(), 0);
-    let r = send(port(g.addr("inside").await), "GET", "/v1/payment_intents/pi_1", &[], "").await;
+    let r = send(
+        port(g.addr("inside").await),
+        "GET",
+        "/v1/payment_intents/pi_1",
+        &[],
+        "",
+    )
+    .await;
     assert_eq!(r.status, 200);
 }
 
@@ -375,18 +526,34 @@ allow_from = ["127.0.0.0/8"]
 async fn errors_have_paymongo_shape_and_admin_metrics_count_them() {
     let h = Harness::new().await;
     let g = h
-        .gateway(&one_service(r#"allow = ["GET /v1/payment_intents/*"]"#), &[("SK_CHECKOUT", SK)])
+        .gateway(
+            &one_service(r#"allow = ["GET /v1/payment_intents/*"]"#),
+            &[("SK_CHECKOUT", SK)],
+        )
         .await;
     let addr = g.addr("checkout").await;
     let r = send(addr, "POST", "/v1/refunds", &[], "{}").await;
     let v = r.json();
     assert_eq!(v["errors"].as_array().unwrap().len(), 1);
-    assert!(v["errors"][0]["detail"].as_str().unwrap().contains("/v1/refunds"));
-    assert_eq!(send(addr, "GET", "/v1/payment_intents/pi_1", &[], "").await.status, 200);
+    assert!(
+        v["errors"][0]["detail"]
+            .as_str()
+            .unwrap()
+            .contains("/v1/refunds")
+    );
+    assert_eq!(
+        send(addr, "GET", "/v1/payment_intents/pi_1", &[], "")
+            .await
+            .status,
+        200
+    );
 
     let m = send(g.admin().await, "GET", "/metrics", &[], "").await;
     let text = String::from_utf8_lossy(&m.body);
-    assert!(text.contains(r#"paymongo_gateway_requests_total{service="checkout",class="4xx"} 1"#), "{text}");
+    assert!(
+        text.contains(r#"paymongo_gateway_requests_total{service="checkout",class="4xx"} 1"#),
+        "{text}"
+    );
     assert!(text.contains(r#"paymongo_gateway_requests_total{service="checkout",class="2xx"} 1"#));
     assert!(!text.contains(SK));
 }

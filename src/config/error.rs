@@ -18,7 +18,11 @@ pub struct Problem {
 }
 
 impl Problem {
-    pub(crate) fn new(key: impl Into<String>, line: Option<usize>, message: impl Into<String>) -> Self {
+    pub(crate) fn new(
+        key: impl Into<String>,
+        line: Option<usize>,
+        message: impl Into<String>,
+    ) -> Self {
         Self {
             key: key.into(),
             line,
@@ -83,5 +87,9 @@ impl fmt::Display for Problems<'_> {
 /// 1-based line number of a byte offset in `text`.
 pub(crate) fn line_of(text: &str, offset: usize) -> usize {
     let end = offset.min(text.len());
-    text.as_bytes()[..end].iter().filter(|&&b| b == b'\n').count() + 1
+    text.as_bytes()[..end]
+        .iter()
+        .filter(|&&b| b == b'\n')
+        .count()
+        + 1
 }

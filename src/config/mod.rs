@@ -24,8 +24,8 @@ use secrecy::{ExposeSecret, SecretString};
 use serde::Deserialize;
 use toml::Spanned;
 
-pub use error::{ConfigError, Problem};
 use error::line_of;
+pub use error::{ConfigError, Problem};
 pub use secrets::{ApiKey, Env, ProcessEnv, WebhookSecret};
 pub use types::{ByteSize, Cidr, Duration, HttpsUrl, ListenAddr, SecretRef};
 
@@ -389,7 +389,9 @@ impl Builder<'_, '_> {
         let admin = self.admin(raw.admin);
         let config = Config {
             mode,
-            drain_timeout: raw.drain_timeout.map_or(StdDuration::from_secs(30), Duration::get),
+            drain_timeout: raw
+                .drain_timeout
+                .map_or(StdDuration::from_secs(30), Duration::get),
             upstream: upstream?,
             services,
             log,
@@ -418,9 +420,13 @@ impl Builder<'_, '_> {
             url: u.url.unwrap_or_else(HttpsUrl::paymongo),
             ca_file,
             extra_roots,
-            connect_timeout: u.connect_timeout.map_or(StdDuration::from_secs(5), Duration::get),
+            connect_timeout: u
+                .connect_timeout
+                .map_or(StdDuration::from_secs(5), Duration::get),
             timeout,
-            pool_idle_timeout: u.pool_idle_timeout.map_or(StdDuration::from_secs(90), Duration::get),
+            pool_idle_timeout: u
+                .pool_idle_timeout
+                .map_or(StdDuration::from_secs(90), Duration::get),
             pool_max_idle: u.pool_max_idle.unwrap_or(256),
         })
     }
@@ -440,14 +446,22 @@ impl Builder<'_, '_> {
             let table_line = self.line(&s);
             let s = s.into_inner();
             let name = s.name.get_ref().trim().to_owned();
-            if name.is_empty() || !name.bytes().all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b)) {
+            if name.is_empty()
+                || !name
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b))
+            {
                 self.problem(
                     key("name"),
                     self.line(&s.name),
                     "must be non-empty letters, digits, '-', '_' or '.'",
                 );
             } else if !names.insert(name.clone()) {
-                self.problem(key("name"), self.line(&s.name), format!("duplicate service name `{name}`"));
+                self.problem(
+                    key("name"),
+                    self.line(&s.name),
+                    format!("duplicate service name `{name}`"),
+                );
             }
             let listen = s.listen.get_ref().clone();
             let allow_from = if listen.is_local() {
@@ -513,7 +527,11 @@ impl Builder<'_, '_> {
     fn log(&mut self, l: raw::RawLog) -> LogConfig {
         let level = l.level.unwrap_or_else(|| "info".to_owned());
         if let Err(e) = tracing_subscriber::EnvFilter::builder().parse(&level) {
-            self.problem("log.level", None, format!("`{level}` is not a log filter: {e}"));
+            self.problem(
+                "log.level",
+                None,
+                format!("`{level}` is not a log filter: {e}"),
+            );
         }
         LogConfig {
             format: l.format.unwrap_or_default(),
@@ -558,7 +576,11 @@ impl Builder<'_, '_> {
         let redis_url = match r.redis_url {
             None => {
                 if store == StoreKind::Redis {
-                    self.problem("idempotency.redis_url", None, "required when store = \"redis\"");
+                    self.problem(
+                        "idempotency.redis_url",
+                        None,
+                        "required when store = \"redis\"",
+                    );
                 }
                 None
             }
@@ -589,14 +611,24 @@ impl Builder<'_, '_> {
                 };
                 if let Some(u) = &url {
                     let s = u.expose_secret();
-                    if !(s.starts_with("redis://") || s.starts_with("rediss://") || s.starts_with("redis+unix://") || s.starts_with("unix://")) {
-                        self.problem("idempotency.redis_url", line, "expected a redis://, rediss:// or unix:// URL");
+                    if !(s.starts_with("redis://")
+                        || s.starts_with("rediss://")
+                        || s.starts_with("redis+unix://")
+                        || s.starts_with("unix://"))
+                    {
+                        self.problem(
+                            "idempotency.redis_url",
+                            line,
+                            "expected a redis://, rediss:// or unix:// URL",
+                        );
                     }
                 }
                 url
             }
         };
-        let ttl = r.ttl.map_or(StdDuration::from_secs(24 * 3600), Duration::get);
+        let ttl = r
+            .ttl
+            .map_or(StdDuration::from_secs(24 * 3600), Duration::get);
         if ttl.is_zero() {
             self.problem("idempotency.ttl", None, "must be greater than 0");
         }
@@ -607,11 +639,15 @@ impl Builder<'_, '_> {
             max_response: r.max_response.map_or(1 << 20, ByteSize::bytes),
             methods: parsed,
             in_flight: r.in_flight.unwrap_or_default(),
-            wait_timeout: r.wait_timeout.map_or(StdDuration::from_secs(35), Duration::get),
+            wait_timeout: r
+                .wait_timeout
+                .map_or(StdDuration::from_secs(35), Duration::get),
             lease,
             on_store_error: r.on_store_error.unwrap_or_default(),
             redis_url,
-            redis_timeout: r.redis_timeout.map_or(StdDuration::from_secs(1), Duration::get),
+            redis_timeout: r
+                .redis_timeout
+                .map_or(StdDuration::from_secs(1), Duration::get),
         })
     }
 
@@ -621,7 +657,11 @@ impl Builder<'_, '_> {
         let tls = match (w.plaintext, w.tls_cert, w.tls_key) {
             (true, None, None) => None,
             (true, _, _) => {
-                self.problem("webhooks.plaintext", line, "plaintext = true cannot be combined with tls_cert/tls_key");
+                self.problem(
+                    "webhooks.plaintext",
+                    line,
+                    "plaintext = true cannot be combined with tls_cert/tls_key",
+                );
                 None
             }
             (false, Some(cert), Some(key)) => {
@@ -646,7 +686,11 @@ impl Builder<'_, '_> {
             }
         };
         if w.endpoints.is_empty() {
-            self.problem("webhooks.endpoint", line, "at least one [[webhooks.endpoint]] is required");
+            self.problem(
+                "webhooks.endpoint",
+                line,
+                "at least one [[webhooks.endpoint]] is required",
+            );
         }
         let mut paths = HashSet::new();
         let mut endpoints = Vec::new();
@@ -654,14 +698,29 @@ impl Builder<'_, '_> {
             let key = |k: &str| format!("webhooks.endpoint[{i}].{k}");
             let e = e.into_inner();
             let path = e.path.get_ref().clone();
-            if !path.starts_with('/') || !crate::outbound::allowlist::is_canonical(&path) || path.contains(['?', '#']) {
-                self.problem(key("path"), self.line(&e.path), format!("`{path}` must be an absolute path such as /webhooks/paymongo"));
+            if !path.starts_with('/')
+                || !crate::outbound::allowlist::is_canonical(&path)
+                || path.contains(['?', '#'])
+            {
+                self.problem(
+                    key("path"),
+                    self.line(&e.path),
+                    format!("`{path}` must be an absolute path such as /webhooks/paymongo"),
+                );
             } else if !paths.insert(path.clone()) {
-                self.problem(key("path"), self.line(&e.path), format!("duplicate endpoint path `{path}`"));
+                self.problem(
+                    key("path"),
+                    self.line(&e.path),
+                    format!("duplicate endpoint path `{path}`"),
+                );
             }
             let mut secrets = Vec::new();
             if e.secrets.get_ref().is_empty() {
-                self.problem(key("secrets"), self.line(&e.secrets), "at least one secret reference is required");
+                self.problem(
+                    key("secrets"),
+                    self.line(&e.secrets),
+                    "at least one secret reference is required",
+                );
             }
             for r in e.secrets.get_ref() {
                 match secrets::read_secret(&self.secret_ref(r), self.ctx.env) {
@@ -670,13 +729,14 @@ impl Builder<'_, '_> {
                 }
             }
             let forward_socket = e.forward_socket.as_deref().map(|p| self.path(p));
-            let forward_to = match check_forward_to(e.forward_to.get_ref(), forward_socket.is_some()) {
-                Ok(u) => Some(u),
-                Err(msg) => {
-                    self.problem(key("forward_to"), self.line(&e.forward_to), msg);
-                    None
-                }
-            };
+            let forward_to =
+                match check_forward_to(e.forward_to.get_ref(), forward_socket.is_some()) {
+                    Ok(u) => Some(u),
+                    Err(msg) => {
+                        self.problem(key("forward_to"), self.line(&e.forward_to), msg);
+                        None
+                    }
+                };
             if let Some(forward_to) = forward_to {
                 endpoints.push(EndpointConfig {
                     path,
@@ -684,7 +744,9 @@ impl Builder<'_, '_> {
                     forward_to,
                     forward_socket,
                     signature: e.signature.unwrap_or_default(),
-                    forward_timeout: e.forward_timeout.map_or(StdDuration::from_secs(10), Duration::get),
+                    forward_timeout: e
+                        .forward_timeout
+                        .map_or(StdDuration::from_secs(10), Duration::get),
                 });
             }
         }
@@ -695,8 +757,12 @@ impl Builder<'_, '_> {
             listen: w.listen,
             tls,
             max_body: w.max_body.map_or(1 << 20, ByteSize::bytes),
-            tolerance: w.tolerance.map_or(StdDuration::from_secs(300), Duration::get),
-            dedupe_ttl: w.dedupe_ttl.map_or(StdDuration::from_secs(24 * 3600), Duration::get),
+            tolerance: w
+                .tolerance
+                .map_or(StdDuration::from_secs(300), Duration::get),
+            dedupe_ttl: w
+                .dedupe_ttl
+                .map_or(StdDuration::from_secs(24 * 3600), Duration::get),
             endpoints,
         })
     }
@@ -704,7 +770,10 @@ impl Builder<'_, '_> {
     fn admin(&mut self, a: raw::RawAdmin) -> Option<AdminConfig> {
         let (listen, line) = match &a.listen {
             Some(l) => (l.get_ref().clone(), self.line(l)),
-            None => (ListenAddr::Tcp(SocketAddr::from(([127, 0, 0, 1], 9901))), None),
+            None => (
+                ListenAddr::Tcp(SocketAddr::from(([127, 0, 0, 1], 9901))),
+                None,
+            ),
         };
         let allow_from = if listen.is_local() {
             None
@@ -721,7 +790,9 @@ impl Builder<'_, '_> {
         Some(AdminConfig {
             listen,
             allow_from,
-            probe_interval: a.probe_interval.map_or(StdDuration::from_secs(10), Duration::get),
+            probe_interval: a
+                .probe_interval
+                .map_or(StdDuration::from_secs(10), Duration::get),
         })
     }
 
@@ -740,7 +811,11 @@ impl Builder<'_, '_> {
         all.push(("admin.listen".into(), &c.admin.listen));
         for (key, addr) in all {
             if let Some((other, _)) = seen.iter().find(|(_, a)| listeners_clash(a, addr)) {
-                self.problem(key.clone(), None, format!("`{addr}` is already used by {other}"));
+                self.problem(
+                    key.clone(),
+                    None,
+                    format!("`{addr}` is already used by {other}"),
+                );
             }
             seen.push((key, addr));
         }
@@ -767,16 +842,18 @@ fn redis_url_has_password(url: &str) -> bool {
 
 /// `forward_to` must be absolute http(s); plain http only to loopback or over a Unix socket.
 fn check_forward_to(s: &str, via_socket: bool) -> Result<http::Uri, String> {
-    let uri: http::Uri = s
-        .parse()
-        .map_err(|_| format!("`{s}` is not a URL; expected e.g. http://127.0.0.1:9000/paymongo/events"))?;
+    let uri: http::Uri = s.parse().map_err(|_| {
+        format!("`{s}` is not a URL; expected e.g. http://127.0.0.1:9000/paymongo/events")
+    })?;
     let host = uri.host().ok_or_else(|| format!("`{s}` has no host"))?;
     match uri.scheme_str() {
         Some("https") => {}
         Some("http") => {
             let host_ip = host.trim_start_matches('[').trim_end_matches(']');
             let loopback = host == "localhost"
-                || host_ip.parse::<std::net::IpAddr>().is_ok_and(|ip| ip.is_loopback());
+                || host_ip
+                    .parse::<std::net::IpAddr>()
+                    .is_ok_and(|ip| ip.is_loopback());
             if !(loopback || via_socket) {
                 return Err(format!(
                     "`{s}`: plain http:// is only allowed to a loopback address or with forward_socket; \

@@ -5,8 +5,8 @@
 use serde::Deserialize;
 use toml::Spanned;
 
-use super::types::{ByteSize, Cidr, Duration, HttpsUrl, ListenAddr, SecretRef};
 use super::Mode;
+use super::types::{ByteSize, Cidr, Duration, HttpsUrl, ListenAddr, SecretRef};
 use crate::outbound::allowlist::Route;
 
 #[derive(Debug, Deserialize)]
@@ -92,7 +92,10 @@ impl<'de> Deserialize<'de> for RedisUrlRef {
             fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<RedisUrlRef, E> {
                 Ok(RedisUrlRef::Literal(v.to_owned()))
             }
-            fn visit_map<A: serde::de::MapAccess<'de>>(self, map: A) -> Result<RedisUrlRef, A::Error> {
+            fn visit_map<A: serde::de::MapAccess<'de>>(
+                self,
+                map: A,
+            ) -> Result<RedisUrlRef, A::Error> {
                 SecretRef::deserialize(serde::de::value::MapAccessDeserializer::new(map))
                     .map(RedisUrlRef::Secret)
             }

@@ -8,8 +8,8 @@ use base64::Engine as _;
 use http::HeaderValue;
 use secrecy::{ExposeSecret, SecretString};
 
-use super::types::SecretRef;
 use super::Mode;
+use super::types::SecretRef;
 
 /// Where `{ env = .. }` references are looked up. The process environment in
 /// production; tests pass a map so they need not mutate global state.
@@ -71,12 +71,16 @@ impl ApiKey {
         } else if k.starts_with("pk_") {
             return Err("is a public key (pk_...); the gateway needs the secret key (sk_test_... or sk_live_...)".into());
         } else {
-            return Err("does not look like a PayMongo secret key; expected sk_test_... or sk_live_...".into());
+            return Err(
+                "does not look like a PayMongo secret key; expected sk_test_... or sk_live_..."
+                    .into(),
+            );
         };
-        if k.len() <= "sk_test_".len()
-            || !k.bytes().all(|b| b.is_ascii_graphic() && b != b':')
-        {
-            return Err("is malformed: expected sk_test_/sk_live_ followed by printable characters, no ':'".into());
+        if k.len() <= "sk_test_".len() || !k.bytes().all(|b| b.is_ascii_graphic() && b != b':') {
+            return Err(
+                "is malformed: expected sk_test_/sk_live_ followed by printable characters, no ':'"
+                    .into(),
+            );
         }
         match (mode, live) {
             (Mode::Test, true) => {
@@ -152,15 +156,30 @@ mod tests {
     fn header_is_basic_key_colon() {
         let k = key("sk_test_abc123", Mode::Test).unwrap();
         // base64("sk_test_abc123:")
-        assert_eq!(k.authorization().to_str().unwrap(), "Basic c2tfdGVzdF9hYmMxMjM6");
+        assert_eq!(
+            k.authorization().to_str().unwrap(),
+            "Basic c2tfdGVzdF9hYmMxMjM6"
+        );
         assert!(k.authorization().is_sensitive());
     }
 
     #[test]
     fn refuses_wrong_kinds() {
-        assert!(key("sk_live_abc", Mode::Test).unwrap_err().contains("live key"));
-        assert!(key("sk_test_abc", Mode::Live).unwrap_err().contains("test key"));
-        assert!(key("pk_test_abc", Mode::Test).unwrap_err().contains("public key"));
+        assert!(
+            key("sk_live_abc", Mode::Test)
+                .unwrap_err()
+                .contains("live key")
+        );
+        assert!(
+            key("sk_test_abc", Mode::Live)
+                .unwrap_err()
+                .contains("test key")
+        );
+        assert!(
+            key("pk_test_abc", Mode::Test)
+                .unwrap_err()
+                .contains("public key")
+        );
         assert!(key("whsk_abc", Mode::Test).is_err());
         assert!(key("sk_test_", Mode::Test).is_err());
         assert!(key("sk_test_a:b", Mode::Test).is_err());
@@ -179,7 +198,12 @@ mod tests {
 
     #[test]
     fn errors_never_contain_the_value() {
-        for v in ["sk_live_leakme1", "pk_live_leakme1", "garbage_leakme1", "sk_test_leak me1"] {
+        for v in [
+            "sk_live_leakme1",
+            "pk_live_leakme1",
+            "garbage_leakme1",
+            "sk_test_leak me1",
+        ] {
             let e = key(v, Mode::Test).unwrap_err();
             assert!(!e.contains("leakme1"), "{e}");
         }

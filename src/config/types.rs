@@ -10,8 +10,8 @@ use std::path::PathBuf;
 use std::str::FromStr;
 
 use http::uri::{Authority, Scheme};
-use serde::de::{self, Deserializer, MapAccess, Visitor};
 use serde::Deserialize;
+use serde::de::{self, Deserializer, MapAccess, Visitor};
 
 /// An `https://host[:port]` base URL with nothing after the authority.
 #[derive(Clone, PartialEq, Eq)]
@@ -129,7 +129,9 @@ impl FromStr for ListenAddr {
     fn from_str(s: &str) -> Result<Self, Self::Err> {
         if let Some(path) = s.strip_prefix("unix:") {
             if !path.starts_with('/') {
-                return Err(format!("`{s}`: a unix socket path must be absolute (unix:/run/x.sock)"));
+                return Err(format!(
+                    "`{s}`: a unix socket path must be absolute (unix:/run/x.sock)"
+                ));
             }
             return Ok(ListenAddr::Unix(PathBuf::from(path)));
         }
@@ -194,7 +196,9 @@ impl<'de> Deserialize<'de> for SecretRef {
                     let r = match key.as_str() {
                         "env" => {
                             if value.is_empty()
-                                || !value.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_')
+                                || !value
+                                    .bytes()
+                                    .all(|b| b.is_ascii_alphanumeric() || b == b'_')
                             {
                                 return Err(de::Error::custom(format!(
                                     "`{value}` is not an environment variable name (letters, digits, _)"
@@ -248,9 +252,9 @@ impl FromStr for ByteSize {
         let t = s.trim();
         let split = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
         let (num, unit) = t.split_at(split);
-        let n: u64 = num
-            .parse()
-            .map_err(|_| format!("`{s}` is not a size; expected e.g. 1048576, \"512KiB\" or \"64MiB\""))?;
+        let n: u64 = num.parse().map_err(|_| {
+            format!("`{s}` is not a size; expected e.g. 1048576, \"512KiB\" or \"64MiB\"")
+        })?;
         let mult: u64 = match unit.trim() {
             "" | "B" => 1,
             "KB" => 1_000,
@@ -318,18 +322,24 @@ impl FromStr for Duration {
         let t = s.trim();
         let split = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
         let (num, unit) = t.split_at(split);
-        let n: u64 = num
-            .parse()
-            .map_err(|_| format!("`{s}` is not a duration; expected e.g. \"250ms\", \"5s\", \"10m\", \"24h\""))?;
+        let n: u64 = num.parse().map_err(|_| {
+            format!("`{s}` is not a duration; expected e.g. \"250ms\", \"5s\", \"10m\", \"24h\"")
+        })?;
         let ms_per: u64 = match unit.trim() {
             "ms" => 1,
             "s" => 1_000,
             "m" => 60_000,
             "h" => 3_600_000,
             "d" => 86_400_000,
-            "" => return Err(format!("`{s}` has no unit; write e.g. \"{n}s\" or \"{n}ms\"")),
+            "" => {
+                return Err(format!(
+                    "`{s}` has no unit; write e.g. \"{n}s\" or \"{n}ms\""
+                ));
+            }
             other => {
-                return Err(format!("`{s}`: unknown time unit `{other}`; use ms, s, m, h or d"));
+                return Err(format!(
+                    "`{s}`: unknown time unit `{other}`; use ms, s, m, h or d"
+                ));
             }
         };
         n.checked_mul(ms_per)
@@ -368,7 +378,11 @@ impl FromStr for Cidr {
         }
         s.parse::<IpAddr>()
             .map(|ip| Cidr(ipnet::IpNet::from(ip)))
-            .map_err(|_| format!("`{s}` is not a CIDR network; expected e.g. \"10.0.0.0/8\" or \"192.168.1.7\""))
+            .map_err(|_| {
+                format!(
+                    "`{s}` is not a CIDR network; expected e.g. \"10.0.0.0/8\" or \"192.168.1.7\""
+                )
+            })
     }
 }
 
@@ -389,7 +403,13 @@ mod tests {
         assert_eq!(u.host(), "api.paymongo.com");
         let u: HttpsUrl = "https://127.0.0.1:8443/".parse().unwrap();
         assert_eq!(u.authority().as_str(), "127.0.0.1:8443");
-        for bad in ["http://api.paymongo.com", "ftp://x", "https://x/v1", "https://u:p@x", "nonsense"] {
+        for bad in [
+            "http://api.paymongo.com",
+            "ftp://x",
+            "https://x/v1",
+            "https://u:p@x",
+            "nonsense",
+        ] {
             assert!(bad.parse::<HttpsUrl>().is_err(), "{bad}");
         }
     }

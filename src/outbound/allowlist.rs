@@ -11,8 +11,8 @@ use std::fmt;
 use std::str::FromStr;
 
 use http::Method;
-use serde::de::{self, Deserializer};
 use serde::Deserialize;
+use serde::de::{self, Deserializer};
 
 #[derive(Clone, Debug, PartialEq, Eq)]
 enum Segment {
@@ -56,7 +56,9 @@ impl FromStr for Route {
             None
         } else {
             if !m.bytes().all(|b| b.is_ascii_uppercase()) {
-                return Err(format!("`{s}`: method `{m}` must be upper case (GET, POST, ...) or *"));
+                return Err(format!(
+                    "`{s}`: method `{m}` must be upper case (GET, POST, ...) or *"
+                ));
             }
             Some(Method::from_bytes(m.as_bytes()).map_err(|_| format!("`{s}`: bad method `{m}`"))?)
         };
@@ -64,13 +66,19 @@ impl FromStr for Route {
             return Err(format!("`{s}`: the path must start with /"));
         };
         if path.contains(['?', '#', '%', '\\']) {
-            return Err(format!("`{s}`: the path must be plain segments, without ?, #, % or \\"));
+            return Err(format!(
+                "`{s}`: the path must be plain segments, without ?, #, % or \\"
+            ));
         }
         let raw: Vec<&str> = rest.split('/').collect();
         let mut segments = Vec::with_capacity(raw.len());
         for (i, seg) in raw.iter().enumerate() {
             let seg = match *seg {
-                "" => return Err(format!("`{s}`: empty path segment (no // and no trailing /)")),
+                "" => {
+                    return Err(format!(
+                        "`{s}`: empty path segment (no // and no trailing /)"
+                    ));
+                }
                 "." | ".." => return Err(format!("`{s}`: . and .. segments are not allowed")),
                 "*" => Segment::One,
                 "**" if i + 1 == raw.len() => Segment::Rest,
@@ -185,7 +193,8 @@ pub fn is_canonical(path: &str) -> bool {
             _ => return false,
         }
     }
-    rest.split('/').all(|s| !(s.is_empty() || s == "." || s == ".."))
+    rest.split('/')
+        .all(|s| !(s.is_empty() || s == "." || s == ".."))
 }
 
 fn hex_val(b: u8) -> Option<u8> {
@@ -202,7 +211,10 @@ mod tests {
 
     #[test]
     fn star_is_exactly_one_segment() {
-        let a = list(&["GET /v1/payment_intents/*", "POST /v1/payment_intents/*/attach"]);
+        let a = list(&[
+            "GET /v1/payment_intents/*",
+            "POST /v1/payment_intents/*/attach",
+        ]);
         assert!(a.permits(&Method::GET, "/v1/payment_intents/pi_123"));
         assert!(!a.permits(&Method::GET, "/v1/payment_intents"));
         assert!(!a.permits(&Method::GET, "/v1/payment_intents/pi_1/attach"));

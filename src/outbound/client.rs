@@ -12,8 +12,8 @@ use http::{Request, Response, Version};
 use http_body_util::Full;
 use hyper::body::Incoming;
 use hyper_rustls::HttpsConnector;
-use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::client::legacy::Client;
+use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::{TokioExecutor, TokioTimer};
 
 use super::ForwardError;
@@ -30,7 +30,9 @@ pub struct Upstream {
 
 impl std::fmt::Debug for Upstream {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Upstream").field("url", &self.settings.url).finish()
+        f.debug_struct("Upstream")
+            .field("url", &self.settings.url)
+            .finish()
     }
 }
 
@@ -85,7 +87,10 @@ impl Upstream {
     }
 
     /// Sends a prepared request and waits for the response head, bounded by `timeout`.
-    pub async fn send(&self, mut req: Request<Full<Bytes>>) -> Result<Response<Incoming>, ForwardError> {
+    pub async fn send(
+        &self,
+        mut req: Request<Full<Bytes>>,
+    ) -> Result<Response<Incoming>, ForwardError> {
         // The caller may have used h2c; ALPN picks the upstream protocol.
         *req.version_mut() = Version::HTTP_11;
         match tokio::time::timeout(self.settings.timeout, self.client.request(req)).await {

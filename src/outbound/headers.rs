@@ -70,7 +70,10 @@ pub fn rewrite_request(headers: &mut HeaderMap, key: &ApiKey) {
     for name in &TOPOLOGY {
         headers.remove(name);
     }
-    if headers.keys().any(|k| k.as_str().starts_with("x-forwarded-")) {
+    if headers
+        .keys()
+        .any(|k| k.as_str().starts_with("x-forwarded-"))
+    {
         let xf: Vec<HeaderName> = headers
             .keys()
             .filter(|k| k.as_str().starts_with("x-forwarded-"))
@@ -102,8 +105,14 @@ mod tests {
     #[test]
     fn caller_cannot_strip_the_injected_key() {
         let mut h = HeaderMap::new();
-        h.insert(header::CONNECTION, HeaderValue::from_static("authorization, x-foo"));
-        h.insert(header::AUTHORIZATION, HeaderValue::from_static("Basic evil"));
+        h.insert(
+            header::CONNECTION,
+            HeaderValue::from_static("authorization, x-foo"),
+        );
+        h.insert(
+            header::AUTHORIZATION,
+            HeaderValue::from_static("Basic evil"),
+        );
         h.insert("x-foo", HeaderValue::from_static("1"));
         h.insert("x-keep", HeaderValue::from_static("1"));
         rewrite_request(&mut h, &key());
@@ -145,9 +154,15 @@ mod tests {
     #[test]
     fn response_named_connection_headers_are_removed() {
         let mut h = HeaderMap::new();
-        h.insert(header::CONNECTION, HeaderValue::from_static("close, x-internal"));
+        h.insert(
+            header::CONNECTION,
+            HeaderValue::from_static("close, x-internal"),
+        );
         h.insert("x-internal", HeaderValue::from_static("1"));
-        h.insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
+        h.insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("application/json"),
+        );
         rewrite_response(&mut h);
         assert_eq!(h.len(), 1);
     }

@@ -15,13 +15,13 @@ use http_body_util::{BodyExt, Either, Full, Limited};
 use hyper::body::Incoming;
 use tracing::{info, warn};
 
-use super::{admit::admit, headers, ForwardError, OutboundError, Upstream};
+use super::{ForwardError, OutboundError, Upstream, admit::admit, headers};
 use crate::config::ServiceConfig;
 use crate::error::ApiError;
 use crate::gateway::Shared;
 use crate::log::MaskedPath;
 use crate::reload::{ServiceRuntime, Snapshot};
-use crate::server::{full, Handler, Peer, ResponseBody};
+use crate::server::{Handler, Peer, ResponseBody, full};
 
 /// Serves one service listener: identity is the listener, not the request.
 #[derive(Clone)]
@@ -46,7 +46,14 @@ impl Handler for OutboundHandler {
         let Some(svc) = snap.service(&self.service) else {
             let e = OutboundError::ServiceGone;
             let resp = full(ApiError::from(&e).into_response());
-            record(&self.service, &method, uri.path(), resp.status(), started, Some(&e));
+            record(
+                &self.service,
+                &method,
+                uri.path(),
+                resp.status(),
+                started,
+                Some(&e),
+            );
             return resp;
         };
         let result = proxy(&snap, svc, req, &peer).await;
@@ -60,7 +67,14 @@ impl Handler for OutboundHandler {
             }
         };
         svc.metrics.response(resp.status());
-        record(&self.service, &method, uri.path(), resp.status(), started, err.as_ref());
+        record(
+            &self.service,
+            &method,
+            uri.path(),
+            resp.status(),
+            started,
+            err.as_ref(),
+        );
         resp
     }
 }
@@ -78,7 +92,10 @@ async fn proxy(
     let body = read_body(body, &parts.headers, cfg.max_body).await?;
     inject(&mut parts, cfg, &snap.upstream)?;
     let started = Instant::now();
-    let resp = snap.upstream.send(Request::from_parts(parts, Full::new(body))).await;
+    let resp = snap
+        .upstream
+        .send(Request::from_parts(parts, Full::new(body)))
+        .await;
     svc.metrics.upstream_latency(started.elapsed());
     Ok(respond(resp?))
 }
@@ -98,7 +115,11 @@ fn route_check(cfg: &ServiceConfig, method: &Method, path: &str) -> Result<(), O
 /// Reads the whole body, refusing early on a declared length over the limit
 /// and mid-stream once the limit is crossed. Buffering means nothing partial
 /// is ever forwarded, and idempotency can fingerprint the exact bytes.
-pub async fn read_body(body: Incoming, headers: &HeaderMap, limit: u64) -> Result<Bytes, OutboundError> {
+pub async fn read_body(
+    body: Incoming,
+    headers: &HeaderMap,
+    limit: u64,
+) -> Result<Bytes, OutboundError> {
     let declared = headers
         .get(http::header::CONTENT_LENGTH)
         .and_then(|v| v.to_str().ok())
@@ -109,13 +130,19 @@ pub async fn read_body(body: Incoming, headers: &HeaderMap, limit: u64) -> Resul
     let cap = usize::try_from(limit).unwrap_or(usize::MAX);
     match Limited::new(body, cap).collect().await {
         Ok(c) => Ok(c.to_bytes()),
-        Err(e) if e.is::<http_body_util::LengthLimitError>() => Err(OutboundError::BodyTooLarge { limit }),
+        Err(e) if e.is::<http_body_util::LengthLimitError>() => {
+            Err(OutboundError::BodyTooLarge { limit })
+        }
         Err(e) => Err(OutboundError::BodyRead(e)),
     }
 }
 
 /// Rewrites headers (strip, then inject the key) and points the URI at PayMongo.
-fn inject(parts: &mut Parts, cfg: &ServiceConfig, upstream: &Upstream) -> Result<(), OutboundError> {
+fn inject(
+    parts: &mut Parts,
+    cfg: &ServiceConfig,
+    upstream: &Upstream,
+) -> Result<(), OutboundError> {
     headers::rewrite_request(&mut parts.headers, &cfg.key);
     parts.uri = upstream
         .uri_for(parts.uri.path_and_query())

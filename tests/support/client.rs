@@ -39,7 +39,10 @@ impl Resp {
 }
 
 fn request(method: &str, path: &str, headers: &[(&str, &str)], body: &str) -> Request<Full<Bytes>> {
-    let mut b = Request::builder().method(method).uri(path).header("host", "gateway.local");
+    let mut b = Request::builder()
+        .method(method)
+        .uri(path)
+        .header("host", "gateway.local");
     for (k, v) in headers {
         b = b.header(*k, *v);
     }
@@ -65,7 +68,13 @@ where
 }
 
 /// HTTP/1.1 request on a fresh TCP connection; panics on transport errors.
-pub async fn send(addr: SocketAddr, method: &str, path: &str, headers: &[(&str, &str)], body: &str) -> Resp {
+pub async fn send(
+    addr: SocketAddr,
+    method: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: &str,
+) -> Resp {
     try_send(addr, method, path, headers, body)
         .await
         .unwrap_or_else(|e| panic!("{method} {path}: {e}"))
@@ -79,24 +88,44 @@ pub async fn try_send(
     headers: &[(&str, &str)],
     body: &str,
 ) -> Result<Resp, String> {
-    let tcp = tokio::net::TcpStream::connect(addr).await.map_err(|e| e.to_string())?;
+    let tcp = tokio::net::TcpStream::connect(addr)
+        .await
+        .map_err(|e| e.to_string())?;
     over(tcp, request(method, path, headers, body)).await
 }
 
 /// HTTP/1.1 over a Unix socket.
-pub async fn send_unix(path: &Path, method: &str, uri: &str, headers: &[(&str, &str)], body: &str) -> Resp {
+pub async fn send_unix(
+    path: &Path,
+    method: &str,
+    uri: &str,
+    headers: &[(&str, &str)],
+    body: &str,
+) -> Resp {
     let s = tokio::net::UnixStream::connect(path).await.unwrap();
     over(s, request(method, uri, headers, body)).await.unwrap()
 }
 
 /// HTTP/2 with prior knowledge (h2c).
-pub async fn send_h2c(addr: SocketAddr, method: &str, path: &str, headers: &[(&str, &str)], body: &str) -> Resp {
+pub async fn send_h2c(
+    addr: SocketAddr,
+    method: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: &str,
+) -> Resp {
     let tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
-    let (mut tx, conn) = hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(tcp))
-        .await
-        .unwrap();
+    let (mut tx, conn) =
+        hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(tcp))
+            .await
+            .unwrap();
     tokio::spawn(conn);
-    let mut req = request(method, &format!("http://gateway.local{path}"), headers, body);
+    let mut req = request(
+        method,
+        &format!("http://gateway.local{path}"),
+        headers,
+        body,
+    );
     req.headers_mut().remove("host");
     let resp = tx.send_request(req).await.unwrap();
     let (parts, body) = resp.into_parts();

@@ -7,9 +7,9 @@ use std::process::Stdio;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use paymongo_gateway::Gateway;
 use paymongo_gateway::config::{Config, LoadContext};
 use paymongo_gateway::gateway::ListenerId;
-use paymongo_gateway::Gateway;
 use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::sync::watch;
 
@@ -72,7 +72,10 @@ impl Harness {
 
     /// Base config for this harness's upstream plus `extra`.
     pub fn config(&self, extra: &str) -> String {
-        format!("{}\n{extra}", base_config(self.upstream.port(), &self.ca_file))
+        format!(
+            "{}\n{extra}",
+            base_config(self.upstream.port(), &self.ca_file)
+        )
     }
 
     /// Writes a secret file in the temp dir and returns its path.
@@ -98,13 +101,21 @@ impl TestGateway {
     }
 
     pub async fn admin(&self) -> SocketAddr {
-        self.gw.addr(&ListenerId::Admin).await.unwrap().tcp().unwrap()
+        self.gw
+            .addr(&ListenerId::Admin)
+            .await
+            .unwrap()
+            .tcp()
+            .unwrap()
     }
 }
 
 /// Parses `toml` (relative paths from `dir`, `{ env }` from `env`) and starts it.
 pub async fn start_gateway(toml: &str, dir: &Path, env: &[(&str, &str)]) -> TestGateway {
-    let vars: Vec<(String, String)> = env.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
+    let vars: Vec<(String, String)> = env
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect();
     let lookup = move |name: &str| vars.iter().find(|(k, _)| k == name).map(|(_, v)| v.clone());
     let config = Config::parse(
         toml,
@@ -158,7 +169,11 @@ impl GatewayProcess {
                 }
             });
         }
-        Self { child, lines, count }
+        Self {
+            child,
+            lines,
+            count,
+        }
     }
 
     /// Everything printed so far.
@@ -175,7 +190,10 @@ impl GatewayProcess {
                     return l.clone();
                 }
                 if self.count.changed().await.is_err() {
-                    panic!("process output ended without the expected line:\n{}", lines.lock().unwrap().join("\n"));
+                    panic!(
+                        "process output ended without the expected line:\n{}",
+                        lines.lock().unwrap().join("\n")
+                    );
                 }
             }
         })

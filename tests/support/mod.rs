@@ -11,8 +11,8 @@ pub mod upstream;
 #[allow(unused_imports)]
 pub use ca::TestCa;
 #[allow(unused_imports)]
-pub use client::{send, send_unix, Resp};
+pub use client::{Resp, send, send_unix};
 #[allow(unused_imports)]
-pub use gw::{base_config, start_gateway, GatewayProcess, Harness, TestGateway, WAIT};
+pub use gw::{GatewayProcess, Harness, TestGateway, WAIT, base_config, start_gateway};
 #[allow(unused_imports)]
 pub use upstream::{FakeUpstream, Gate, Reply, Seen};

@@ -19,7 +19,7 @@ use hyper_util::server::conn::auto;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 
-use super::ca::{server_config, Leaf};
+use super::ca::{Leaf, server_config};
 
 /// One request as the upstream received it.
 #[derive(Clone, Debug)]
@@ -98,7 +98,10 @@ fn default_behavior() -> Behavior {
     Arc::new(|s: &Seen, n: usize| {
         Reply::Json(
             200,
-            format!(r#"{{"data":{{"id":"pi_fake{n}","path":"{}","n":{n}}}}}"#, s.path),
+            format!(
+                r#"{{"data":{{"id":"pi_fake{n}","path":"{}","n":{n}}}}}"#,
+                s.path
+            ),
         )
     })
 }
@@ -124,7 +127,9 @@ impl FakeUpstream {
         let st = state.clone();
         let task = tokio::spawn(async move {
             loop {
-                let Ok((tcp, _)) = listener.accept().await else { continue };
+                let Ok((tcp, _)) = listener.accept().await else {
+                    continue;
+                };
                 let tls = tls.clone();
                 let st = st.clone();
                 tokio::spawn(async move {
@@ -181,9 +186,16 @@ impl FakeUpstream {
 
 type RespBody = BoxBody<Bytes, std::io::Error>;
 
-async fn handle(st: Arc<State>, req: Request<Incoming>) -> Result<Response<RespBody>, std::io::Error> {
+async fn handle(
+    st: Arc<State>,
+    req: Request<Incoming>,
+) -> Result<Response<RespBody>, std::io::Error> {
     let (parts, body) = req.into_parts();
-    let body = body.collect().await.map(|c| c.to_bytes()).unwrap_or_default();
+    let body = body
+        .collect()
+        .await
+        .map(|c| c.to_bytes())
+        .unwrap_or_default();
     let seen = Seen {
         method: parts.method.clone(),
         path: parts.uri.path().to_owned(),
@@ -194,7 +206,9 @@ async fn handle(st: Arc<State>, req: Request<Incoming>) -> Result<Response<RespB
     };
     let n = {
         let mut m = st.per_path.lock().unwrap();
-        let c = m.entry(format!("{} {}", seen.method, seen.path)).or_insert(0);
+        let c = m
+            .entry(format!("{} {}", seen.method, seen.path))
+            .or_insert(0);
         *c += 1;
         *c
     };
@@ -206,7 +220,9 @@ async fn handle(st: Arc<State>, req: Request<Incoming>) -> Result<Response<RespB
 }
 
 fn full_body(b: impl Into<Bytes>) -> RespBody {
-    Full::new(b.into()).map_err(|e: Infallible| match e {}).boxed()
+    Full::new(b.into())
+        .map_err(|e: Infallible| match e {})
+        .boxed()
 }
 
 async fn answer(mut reply: Reply) -> Result<Response<RespBody>, std::io::Error> {
@@ -234,7 +250,8 @@ async fn answer(mut reply: Reply) -> Result<Response<RespBody>, std::io::Error> 
                 return Err(std::io::Error::other("fake upstream reset"));
             }
             Reply::ResetMidBody(gate) => {
-                let first = futures_util::stream::iter([Ok(Frame::data(Bytes::from_static(b"{\"part")))]);
+                let first =
+                    futures_util::stream::iter([Ok(Frame::data(Bytes::from_static(b"{\"part")))]);
                 let fail = futures_util::stream::once(async move {
                     gate.wait().await;
                     Err(std::io::Error::other("fake upstream died mid-body"))
