@@ -14,6 +14,7 @@ use tracing::{error, info};
 
 use crate::admin::AdminHandler;
 use crate::config::{Config, ListenAddr};
+use crate::idempotency::{IdempotencyStore, StoreError};
 use crate::metrics::Metrics;
 use crate::outbound::OutboundHandler;
 use crate::reload::{BuildError, Snapshot};
@@ -27,6 +28,9 @@ pub struct Shared {
     /// Work that must finish even if the request that started it is gone
     /// (an idempotent call whose client hung up); shutdown waits for it.
     pub tasks: TaskTracker,
+    /// Idempotency claims and records. Built once from the first
+    /// configuration (`store`, `max_memory`): records survive reloads.
+    pub idempotency: Arc<dyn IdempotencyStore>,
 }
 
 impl Shared {
@@ -65,6 +69,9 @@ pub enum StartError {
     /// A runtime part could not be built from the configuration.
     #[error(transparent)]
     Build(#[from] BuildError),
+    /// The idempotency store could not be built.
+    #[error("idempotency: {0}")]
+    Store(#[from] StoreError),
     /// A listener could not bind.
     #[error("{listener}: cannot listen on {addr}: {source}")]
     Bind {
@@ -90,10 +97,12 @@ impl Gateway {
         let metrics = Metrics::new();
         let snap = Snapshot::build(config, 1, None, &metrics)?;
         metrics.set_generation(snap.generation);
+        let idempotency = crate::idempotency::build_store(&snap.config.idempotency)?;
         let shared = Arc::new(Shared {
             state: ArcSwap::from_pointee(snap),
             metrics,
             tasks: TaskTracker::new(),
+            idempotency,
         });
         let gw = Gateway {
             shared,
