@@ -32,8 +32,15 @@ use super::store::{
 
 /// Bytes one `done` entry costs besides its [`StoredResponse::heap_bytes`]:
 /// moka's bucket, entry, entry-info and deque/timer nodes, the `Arc`'d key,
-/// and the `Arc<Record>` block. Measured with mimalloc (the binary's
-/// allocator) by `tests/idempotency_memory.rs`, then rounded up.
+/// the `Arc<Record>` block, and what the allocator makes of them.
+///
+/// Measured (moka 0.12, mimalloc, x86_64): those blocks request 219 bytes
+/// in 8 allocations per entry, but a store filled with ~600-byte records
+/// grows RSS by ~1.45 KiB per record, about 500 bytes more than the
+/// requested sizes (size-class rounding, per-thread heaps, moka's deferred
+/// reclamation of removed claims). The constant charges for RSS, because
+/// `max_memory` is a promise about RSS. `tests/idempotency_memory.rs`
+/// checks real growth against the weights.
 ///
 /// [`StoredResponse::heap_bytes`]: super::store::StoredResponse::heap_bytes
 pub const ENTRY_OVERHEAD: usize = 512;
