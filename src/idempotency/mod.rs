@@ -508,6 +508,10 @@ mod tests {
     }
 
     fn config(extra: &str) -> IdempotencyConfig {
+        try_config(extra).unwrap()
+    }
+
+    fn try_config(extra: &str) -> Result<IdempotencyConfig, crate::config::ConfigError> {
         let text = format!(
             "mode = \"test\"\n[[service]]\nname = \"a\"\nlisten = \"127.0.0.1:0\"\n\
              secret_key = {{ env = \"SK\" }}\n[idempotency]\n{extra}"
@@ -517,9 +521,36 @@ mod tests {
             base_dir: ".".into(),
             env: &env,
         };
-        crate::config::Config::parse(&text, &ctx)
-            .unwrap()
-            .idempotency
+        crate::config::Config::parse(&text, &ctx).map(|c| c.idempotency)
+    }
+
+    #[test]
+    fn config_bounds_are_checked() {
+        let e = try_config("max_memory = \"1MiB\"\nmax_response = \"2MiB\"")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("idempotency.max_response"), "{e}");
+        let e = try_config("max_memory = \"0B\"").unwrap_err().to_string();
+        assert!(e.contains("idempotency.max_memory"), "{e}");
+        let e = try_config("lease = \"10s\"").unwrap_err().to_string();
+        assert!(e.contains("idempotency.lease"), "{e}");
+        let c = config("ttl = \"300ms\"\nin_flight = \"reject\"\non_store_error = \"reject\"");
+        assert_eq!(c.ttl, std::time::Duration::from_millis(300));
+        assert_eq!(c.in_flight, InFlight::Reject);
+        assert_eq!(c.on_store_error, OnStoreError::Reject);
+        let d = config("");
+        assert_eq!((d.max_memory, d.max_response), (64 << 20, 1 << 20));
+        assert_eq!(d.ttl, std::time::Duration::from_secs(24 * 3600));
+    }
+
+    #[test]
+    fn redis_is_refused_until_it_exists() {
+        let c = config("store = \"redis\"\nredis_url = \"redis://127.0.0.1:6379\"");
+        assert!(matches!(
+            build_store(&c),
+            Err(StoreError::Unsupported("redis"))
+        ));
+        assert_eq!(build_store(&config("")).unwrap().kind(), "memory");
     }
 
     #[test]
