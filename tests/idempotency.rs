@@ -542,13 +542,13 @@ async fn scope_is_service_method_and_path_and_reads_are_never_deduplicated() {
 #[tokio::test]
 async fn records_expire_after_ttl() {
     let h = Harness::new().await;
-    let g = h.gateway(&config(r#"ttl = "300ms""#), ENV).await;
+    let g = h.gateway(&config(r#"ttl = "500ms""#), ENV).await;
     let addr = g.addr("checkout").await;
     post(addr, PI, "k-ttl", BODY).await;
     assert!(replayed(&post(addr, PI, "k-ttl", BODY).await));
     assert_eq!(h.upstream.count("POST", PI), 1);
     // Time itself is under test here: step just past the ttl.
-    tokio::time::sleep(Duration::from_millis(350)).await;
+    tokio::time::sleep(Duration::from_millis(550)).await;
     let r = post(addr, PI, "k-ttl", BODY).await;
     assert!(!replayed(&r), "expired records are not replayed");
     assert_eq!(h.upstream.count("POST", PI), 2);
