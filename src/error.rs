@@ -184,6 +184,31 @@ impl From<&crate::outbound::OutboundError> for ApiError {
                 ErrorCode::UpstreamUnavailable,
                 "the connection to PayMongo failed before a complete response",
             ),
+            E::Idempotency(e) => ApiError::from(e),
+        }
+    }
+}
+
+impl From<&crate::idempotency::Error> for ApiError {
+    fn from(e: &crate::idempotency::Error) -> Self {
+        use crate::idempotency::Error as E;
+        match e {
+            E::InvalidKey => ApiError::new(
+                ErrorCode::IdempotencyKeyInvalid,
+                "the Idempotency-Key header must appear once, with 1 to 255 visible ASCII characters",
+            ),
+            E::KeyReused => ApiError::new(
+                ErrorCode::IdempotencyKeyReused,
+                "this Idempotency-Key was already used with a different request; use a new key for a new request",
+            ),
+            E::InUse => ApiError::new(
+                ErrorCode::IdempotencyKeyInUse,
+                "a request with this Idempotency-Key is still in progress; retry later with the same key",
+            ),
+            E::Store(_) => ApiError::new(
+                ErrorCode::IdempotencyStoreUnavailable,
+                "the idempotency store is unavailable; retry later with the same key",
+            ),
         }
     }
 }

@@ -14,6 +14,7 @@ use tracing::{error, info, warn};
 
 use crate::admin::AdminHandler;
 use crate::config::{Config, ListenAddr};
+use crate::idempotency::{IdempotencyStore, StoreError};
 use crate::metrics::Metrics;
 use crate::outbound::OutboundHandler;
 use crate::reload::{BuildError, Snapshot};
@@ -36,6 +37,9 @@ pub struct Shared {
     /// Webhook events delivered or being delivered; outlives reloads so a
     /// reload never causes a duplicate inward delivery.
     pub events: Arc<dyn EventStore>,
+    /// Idempotency claims and records. Built once from the first
+    /// configuration (`store`, `max_memory`): records survive reloads.
+    pub idempotency: Arc<dyn IdempotencyStore>,
 }
 
 impl Shared {
@@ -60,7 +64,10 @@ impl Shared {
 
     /// Whether the shared state stores (idempotency records, seen events) answer.
     pub(crate) async fn store_ready(&self) -> Result<(), String> {
-        Ok(())
+        self.idempotency
+            .ping()
+            .await
+            .map_err(|e| format!("idempotency store: {e}"))
     }
 
     pub(crate) fn publish(&self, snap: Snapshot) {
@@ -103,6 +110,9 @@ pub enum StartError {
     /// A runtime part could not be built from the configuration.
     #[error(transparent)]
     Build(#[from] BuildError),
+    /// The idempotency store could not be built.
+    #[error("idempotency: {0}")]
+    Store(#[from] StoreError),
     /// A listener could not bind.
     #[error("{listener}: cannot listen on {addr}: {source}")]
     Bind {
@@ -131,6 +141,7 @@ impl Gateway {
         let snap = Snapshot::build(config, 1, None, &metrics)?;
         metrics.set_generation(snap.generation);
         let generation = watch::channel(snap.generation).0;
+        let idempotency = crate::idempotency::build_store(&snap.config.idempotency)?;
         let shared = Arc::new(Shared {
             state: ArcSwap::from_pointee(snap),
             generation,
@@ -139,6 +150,7 @@ impl Gateway {
             tasks: TaskTracker::new(),
             readiness: Mutex::new(None),
             events: Arc::new(MemoryEventStore::new()),
+            idempotency,
         });
         let gw = Gateway {
             shared,

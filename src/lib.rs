@@ -4,9 +4,10 @@
 //! The layout follows the architecture: [`config`] turns `gateway.toml` into
 //! checked types; [`outbound`] is the credential-injecting proxy; [`server`]
 //! owns sockets and connections; [`reload`] holds the swappable snapshot;
-//! [`gateway`] ties listeners to snapshots; [`webhook`] verifies and
-//! forwards PayMongo's event deliveries; [`admin`] and [`metrics`] are
-//! the operator's view; [`error`] is the one place errors become responses.
+//! [`gateway`] ties listeners to snapshots; [`idempotency`] deduplicates
+//! retried writes; [`webhook`] verifies and forwards PayMongo's event
+//! deliveries; [`admin`] and [`metrics`] are the operator's view; [`error`]
+//! is the one place errors become responses.
 
 pub mod admin;
 pub mod cli;
@@ -14,6 +15,7 @@ pub mod config;
 pub mod demo;
 pub mod error;
 pub mod gateway;
+pub mod idempotency;
 pub mod log;
 pub mod metrics;
 pub mod outbound;

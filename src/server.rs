@@ -40,7 +40,63 @@ pub enum Peer {
 }
 
 /// Body of every response the gateway sends: made here, or streamed from a peer.
-pub type ResponseBody = Either<Full<Bytes>, Incoming>;
+pub type ResponseBody = Either<Full<Bytes>, Streamed>;
+
+/// A body streamed from a peer, optionally preceded by bytes already read
+/// from it (an idempotent response that turned out too large to store is
+/// passed on from where buffering stopped).
+#[derive(Debug)]
+pub struct Streamed {
+    prefix: Option<Bytes>,
+    rest: Incoming,
+}
+
+impl Streamed {
+    /// `prefix` (if not empty), then the rest of `rest`.
+    pub fn with_prefix(prefix: Bytes, rest: Incoming) -> Self {
+        Self {
+            prefix: Some(prefix).filter(|p| !p.is_empty()),
+            rest,
+        }
+    }
+}
+
+impl From<Incoming> for Streamed {
+    fn from(rest: Incoming) -> Self {
+        Self { prefix: None, rest }
+    }
+}
+
+impl hyper::body::Body for Streamed {
+    type Data = Bytes;
+    type Error = hyper::Error;
+
+    fn poll_frame(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<hyper::body::Frame<Bytes>, hyper::Error>>> {
+        let this = self.get_mut();
+        if let Some(p) = this.prefix.take() {
+            return std::task::Poll::Ready(Some(Ok(hyper::body::Frame::data(p))));
+        }
+        std::pin::Pin::new(&mut this.rest).poll_frame(cx)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.prefix.is_none() && self.rest.is_end_stream()
+    }
+
+    fn size_hint(&self) -> hyper::body::SizeHint {
+        let rest = self.rest.size_hint();
+        let n = self.prefix.as_ref().map_or(0, |p| p.len() as u64);
+        let mut hint = hyper::body::SizeHint::new();
+        hint.set_lower(rest.lower().saturating_add(n));
+        if let Some(u) = rest.upper() {
+            hint.set_upper(u.saturating_add(n));
+        }
+        hint
+    }
+}
 
 /// A full response from bytes.
 pub fn full(resp: Response<Full<Bytes>>) -> Response<ResponseBody> {

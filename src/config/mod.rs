@@ -177,25 +177,31 @@ pub struct LogConfig {
     pub level: String,
 }
 
-/// `[idempotency]`.
+/// `[idempotency]`. `store` and `max_memory` are read once at start (the
+/// store outlives reloads); the rest applies per request and reloads.
 #[derive(Clone, Debug)]
 pub struct IdempotencyConfig {
     /// `store`: `"memory"` or `"redis"`. Default `"memory"`.
     pub store: StoreKind,
-    /// `ttl`: how long a completed response is replayed. Default `"24h"`.
+    /// `ttl`: how long a completed response is replayed, from when it was
+    /// stored (replays do not extend it). Duration. Default `"24h"`.
     pub ttl: StdDuration,
-    /// `max_memory`: byte bound of the memory store. Default `"64MiB"`.
+    /// `max_memory`: bound of the memory store in bytes (records and their
+    /// overhead; least recently used records are evicted). Default `"64MiB"`.
     pub max_memory: u64,
-    /// `max_response`: larger upstream responses are passed through but not stored. Default `"1MiB"`.
+    /// `max_response`: larger upstream responses are passed through but not
+    /// stored, bytes; at most `max_memory`. Default `"1MiB"`.
     pub max_response: u64,
-    /// `methods`: methods deduplicated when they carry `Idempotency-Key`. Default `["POST"]`.
+    /// `methods`: methods deduplicated when they carry `Idempotency-Key`
+    /// (POST, PUT, PATCH, DELETE). Default `["POST"]`.
     pub methods: Vec<Method>,
     /// `in_flight`: `"wait"` or `"reject"`. Default `"wait"`.
     pub in_flight: InFlight,
-    /// `wait_timeout`: how long a duplicate waits in `"wait"` mode. Default `"35s"`.
+    /// `wait_timeout`: how long a duplicate waits in `"wait"` mode before a
+    /// 409. Duration. Default `"35s"` (longer than `upstream.timeout`).
     pub wait_timeout: StdDuration,
     /// `lease`: a claim whose owner vanished expires after this; must exceed
-    /// `upstream.timeout`. Default `"60s"`.
+    /// `upstream.timeout`. Duration. Default `"60s"`.
     pub lease: StdDuration,
     /// `on_store_error`: `"forward"` or `"reject"`. Default `"forward"`.
     pub on_store_error: OnStoreError,
@@ -687,11 +693,24 @@ impl Builder<'_, '_> {
         if ttl.is_zero() {
             self.problem("idempotency.ttl", None, "must be greater than 0");
         }
+        let max_memory = r.max_memory.map_or(64 << 20, ByteSize::bytes);
+        let max_response = r.max_response.map_or(1 << 20, ByteSize::bytes);
+        if store == StoreKind::Memory && max_memory == 0 {
+            self.problem("idempotency.max_memory", None, "must be greater than 0");
+        } else if store == StoreKind::Memory && max_response > max_memory {
+            self.problem(
+                "idempotency.max_response",
+                None,
+                format!(
+                    "{max_response} bytes exceeds max_memory ({max_memory} bytes); a response that large could never be stored"
+                ),
+            );
+        }
         Some(IdempotencyConfig {
             store,
             ttl,
-            max_memory: r.max_memory.map_or(64 << 20, ByteSize::bytes),
-            max_response: r.max_response.map_or(1 << 20, ByteSize::bytes),
+            max_memory,
+            max_response,
             methods: parsed,
             in_flight: r.in_flight.unwrap_or_default(),
             wait_timeout: r

@@ -2,14 +2,16 @@
 //!
 //! The request path is a short pipeline of named steps, one concern per file:
 //! [`admit`] (peer check) → [`allowlist`] (route check) → body read →
-//! [`headers`] (strip hop-by-hop and caller credentials, inject the key) →
-//! [`client`] (forward over verified TLS) → response back. [`proxy`] strings
-//! the steps together and records one log line and the metrics per request.
+//! [`idempotent`] (replay, wait, or claim the key) → [`headers`] (strip
+//! hop-by-hop and caller credentials, inject the key) → [`client`] (forward
+//! over verified TLS) → response back. [`proxy`] strings the steps together
+//! and records one log line and the metrics per request.
 
 pub mod admit;
 pub mod allowlist;
 pub mod client;
 pub mod headers;
+pub mod idempotent;
 pub mod proxy;
 
 use std::time::Duration;
@@ -46,6 +48,9 @@ pub enum OutboundError {
     /// The upstream call failed.
     #[error(transparent)]
     Forward(#[from] ForwardError),
+    /// The idempotency layer refused the request.
+    #[error(transparent)]
+    Idempotency(#[from] crate::idempotency::Error),
 }
 
 /// An upstream call that produced no usable response.
@@ -66,6 +71,10 @@ pub enum ForwardError {
     /// The upstream URI could not be built from the request.
     #[error("cannot build upstream uri: {0}")]
     Uri(#[from] http::Error),
+    /// The detached task running an idempotent call ended without an answer
+    /// (runtime shutdown).
+    #[error("upstream call aborted: {0}")]
+    Aborted(String),
 }
 
 impl ForwardError {

@@ -1,5 +1,6 @@
 //! The outbound request path, step by step:
-//! admit → route check → read body → inject → forward → respond → record.
+//! admit → route check → read body → idempotency → inject → forward →
+//! respond → record.
 //!
 //! Each step is a small function with one job. The handler loads the config
 //! snapshot once, so a request finishes on the configuration it started with
@@ -10,18 +11,20 @@ use std::time::Instant;
 
 use bytes::Bytes;
 use http::request::Parts;
-use http::{HeaderMap, Method, Request, Response, StatusCode};
+use http::{HeaderMap, HeaderValue, Method, Request, Response, StatusCode};
 use http_body_util::{BodyExt, Either, Full, Limited};
 use hyper::body::Incoming;
 use tracing::{info, warn};
 
+use super::idempotent::{self, Step};
 use super::{ForwardError, OutboundError, Upstream, admit::admit, headers};
 use crate::config::ServiceConfig;
 use crate::error::ApiError;
 use crate::gateway::Shared;
+use crate::idempotency;
 use crate::log::MaskedPath;
 use crate::reload::{ServiceRuntime, Snapshot};
-use crate::server::{Handler, Peer, ResponseBody, full};
+use crate::server::{Handler, Peer, ResponseBody, Streamed, full};
 
 /// Serves one service listener: identity is the listener, not the request.
 #[derive(Clone)]
@@ -37,65 +40,93 @@ impl OutboundHandler {
     }
 }
 
+/// A response and whether it came from the idempotency store.
+struct Answer {
+    resp: Response<ResponseBody>,
+    replay: bool,
+}
+
 impl Handler for OutboundHandler {
     async fn call(&self, req: Request<Incoming>, peer: Peer) -> Response<ResponseBody> {
         let started = Instant::now();
         let snap = self.shared.snapshot();
         let method = req.method().clone();
         let uri = req.uri().clone();
+        // For the log line only (abbreviated there); a cheap refcount clone.
+        let idem_key = req.headers().get(idempotency::KEY_HEADER).cloned();
+        let line = Line {
+            service: &self.service,
+            method: &method,
+            path: uri.path(),
+            idem_key: idem_key.as_ref(),
+            started,
+        };
         let Some(svc) = snap.service(&self.service) else {
             let e = OutboundError::ServiceGone;
             let resp = full(ApiError::from(&e).into_response());
-            record(
-                &self.service,
-                &method,
-                uri.path(),
-                resp.status(),
-                started,
-                Some(&e),
-            );
+            record(&line, resp.status(), false, Some(&e));
             return resp;
         };
-        let result = proxy(&snap, svc, req, &peer).await;
-        let (resp, err) = match result {
-            Ok(r) => (r, None),
+        let result = proxy(&self.shared, &snap, svc, req, &peer).await;
+        let (resp, replay, err) = match result {
+            Ok(a) => (a.resp, a.replay, None),
             Err(e) => {
                 if let OutboundError::Forward(f) = &e {
                     self.shared.metrics.upstream_error(f.kind());
                 }
-                (full(ApiError::from(&e).into_response()), Some(e))
+                (full(ApiError::from(&e).into_response()), false, Some(e))
             }
         };
         svc.metrics.response(resp.status());
-        record(
-            &self.service,
-            &method,
-            uri.path(),
-            resp.status(),
-            started,
-            err.as_ref(),
-        );
+        record(&line, resp.status(), replay, err.as_ref());
         resp
     }
 }
 
 async fn proxy(
-    snap: &Snapshot,
+    shared: &Shared,
+    snap: &Arc<Snapshot>,
     svc: &ServiceRuntime,
     req: Request<Incoming>,
     peer: &Peer,
-) -> Result<Response<ResponseBody>, OutboundError> {
+) -> Result<Answer, OutboundError> {
     let cfg = &svc.config;
     admit(cfg, peer)?;
     route_check(cfg, req.method(), req.uri().path())?;
     let (mut parts, body) = req.into_parts();
     let body = read_body(body, &parts.headers, cfg.max_body).await?;
+    let claim = match idempotent::begin(shared, &snap.config.idempotency, &cfg.name, &parts, &body)
+        .await?
+    {
+        Step::Replay(resp) => {
+            return Ok(Answer {
+                resp: full(resp),
+                replay: true,
+            });
+        }
+        Step::Execute(guard) => Some(guard),
+        Step::Pass => None,
+    };
     inject(&mut parts, cfg, &snap.upstream)?;
+    let req = Request::from_parts(parts, Full::new(body));
+    let resp = match claim {
+        Some(guard) => idempotent::forward_claimed(shared, snap, &svc.metrics, req, guard).await?,
+        None => forward(&snap.upstream, svc, req).await?,
+    };
+    Ok(Answer {
+        resp,
+        replay: false,
+    })
+}
+
+/// Sends a request that is not deduplicated and streams the answer back.
+async fn forward(
+    upstream: &Upstream,
+    svc: &ServiceRuntime,
+    req: Request<Full<Bytes>>,
+) -> Result<Response<ResponseBody>, ForwardError> {
     let started = Instant::now();
-    let resp = snap
-        .upstream
-        .send(Request::from_parts(parts, Full::new(body)))
-        .await;
+    let resp = upstream.send(req).await;
     svc.metrics.upstream_latency(started.elapsed());
     Ok(respond(resp?))
 }
@@ -153,37 +184,52 @@ fn inject(
 /// Streams PayMongo's response back with hop-by-hop headers removed.
 fn respond(mut resp: Response<Incoming>) -> Response<ResponseBody> {
     headers::rewrite_response(resp.headers_mut());
-    resp.map(Either::Right)
+    resp.map(|b| Either::Right(Streamed::from(b)))
+}
+
+/// What the request line says about a request, gathered before it is consumed.
+pub(crate) struct Line<'a> {
+    pub service: &'a str,
+    pub method: &'a Method,
+    pub path: &'a str,
+    /// The raw `Idempotency-Key`; only its first characters are logged.
+    pub idem_key: Option<&'a HeaderValue>,
+    pub started: Instant,
 }
 
 /// The one log line per request.
 pub(crate) fn record(
-    service: &str,
-    method: &Method,
-    path: &str,
+    line: &Line<'_>,
     status: StatusCode,
-    started: Instant,
+    replay: bool,
     err: Option<&OutboundError>,
 ) {
     // Microsecond resolution is plenty and keeps lines short.
-    let latency_ms = (started.elapsed().as_secs_f64() * 1e6).round() / 1e3;
+    let latency_ms = (line.started.elapsed().as_secs_f64() * 1e6).round() / 1e3;
+    let service = line.service;
+    let idempotency_key = line
+        .idem_key
+        .and_then(idempotency::abbrev)
+        .map(tracing::field::display);
     match err {
         None => info!(
             service,
-            method = %method,
-            path = %MaskedPath(path),
+            method = %line.method,
+            path = %MaskedPath(line.path),
             status = status.as_u16(),
             latency_ms,
-            replay = false,
+            replay,
+            idempotency_key,
             "request"
         ),
         Some(e) => warn!(
             service,
-            method = %method,
-            path = %MaskedPath(path),
+            method = %line.method,
+            path = %MaskedPath(line.path),
             status = status.as_u16(),
             latency_ms,
-            replay = false,
+            replay,
+            idempotency_key,
             error = %e,
             "request"
         ),

@@ -68,6 +68,9 @@ pub enum Reply {
     Reset,
     /// Send a head promising 100 bytes and 6 of them; fail once the gate opens.
     ResetMidBody(Gate),
+    /// Status, `application/json`, and the body in these chunks with no
+    /// declared length (chunked over HTTP/1.1, DATA frames over h2).
+    Chunked(u16, Vec<Bytes>),
 }
 
 type Behavior = Arc<dyn Fn(&Seen, usize) -> Reply + Send + Sync>;
@@ -248,6 +251,15 @@ async fn answer(mut reply: Reply) -> Result<Response<RespBody>, std::io::Error> 
             }
             Reply::Reset => {
                 return Err(std::io::Error::other("fake upstream reset"));
+            }
+            Reply::Chunked(status, chunks) => {
+                let frames =
+                    futures_util::stream::iter(chunks.into_iter().map(|c| Ok(Frame::data(c))));
+                return Ok(Response::builder()
+                    .status(StatusCode::from_u16(status).unwrap())
+                    .header("content-type", "application/json")
+                    .body(StreamBody::new(frames).boxed())
+                    .unwrap());
             }
             Reply::ResetMidBody(gate) => {
                 let first =
