@@ -92,16 +92,39 @@ pub enum WebhookOutcome {
     not_found,
 }
 
+const IDEMPOTENCY_OUTCOMES: [IdempotencyOutcome; 7] = [
+    IdempotencyOutcome::miss,
+    IdempotencyOutcome::replay,
+    IdempotencyOutcome::wait,
+    IdempotencyOutcome::conflict,
+    IdempotencyOutcome::mismatch,
+    IdempotencyOutcome::store_error,
+    IdempotencyOutcome::invalid,
+];
+
+const WEBHOOK_OUTCOMES: [WebhookOutcome; 9] = [
+    WebhookOutcome::accepted,
+    WebhookOutcome::bad_signature,
+    WebhookOutcome::stale,
+    WebhookOutcome::malformed,
+    WebhookOutcome::too_large,
+    WebhookOutcome::duplicate,
+    WebhookOutcome::forward_failed,
+    WebhookOutcome::wrong_mode,
+    WebhookOutcome::not_found,
+];
+
 /// Every metric the gateway exports.
 pub struct Metrics {
     registry: Registry,
     requests: Family<RequestLabels, Counter>,
     upstream_latency: Family<ServiceLabel, Histogram>,
     upstream_errors: Family<KindLabel, Counter>,
-    idempotency: Family<OutcomeLabel, Counter>,
-    webhooks: Family<ReasonLabel, Counter>,
     reloads: Family<ResultLabel, Counter>,
     generation: Gauge,
+    // Closed label sets, resolved once: the hot path only increments.
+    idempotency_by_outcome: [Counter; IDEMPOTENCY_OUTCOMES.len()],
+    webhooks_by_reason: [Counter; WEBHOOK_OUTCOMES.len()],
 }
 
 impl std::fmt::Debug for Metrics {
@@ -169,15 +192,21 @@ impl Metrics {
             "Generation of the configuration in use (1 at start, +1 per successful reload)",
             generation.clone(),
         );
+        // Every outcome is exported from the start (at 0), so dashboards and
+        // rate() see the series before the first event.
+        let idempotency_by_outcome = IDEMPOTENCY_OUTCOMES
+            .map(|outcome| idempotency.get_or_create(&OutcomeLabel { outcome }).clone());
+        let webhooks_by_reason =
+            WEBHOOK_OUTCOMES.map(|reason| webhooks.get_or_create(&ReasonLabel { reason }).clone());
         Self {
             registry,
             requests,
             upstream_latency,
             upstream_errors,
-            idempotency,
-            webhooks,
             reloads,
             generation,
+            idempotency_by_outcome,
+            webhooks_by_reason,
         }
     }
 
@@ -217,14 +246,16 @@ impl Metrics {
 
     /// Counts an idempotency decision.
     pub fn idempotency(&self, outcome: IdempotencyOutcome) {
-        self.idempotency
-            .get_or_create(&OutcomeLabel { outcome })
-            .inc();
+        if let Some(i) = IDEMPOTENCY_OUTCOMES.iter().position(|o| *o == outcome) {
+            self.idempotency_by_outcome[i].inc();
+        }
     }
 
     /// Counts a webhook delivery outcome.
     pub fn webhook(&self, reason: WebhookOutcome) {
-        self.webhooks.get_or_create(&ReasonLabel { reason }).inc();
+        if let Some(i) = WEBHOOK_OUTCOMES.iter().position(|r| *r == reason) {
+            self.webhooks_by_reason[i].inc();
+        }
     }
 
     /// Counts a reload attempt.
