@@ -149,7 +149,9 @@ async fn try_reload(gw: &Gateway, path: &Path) -> Result<u64, ReloadError> {
             source: std::io::Error::other(e),
         })??;
     let current = gw.snapshot();
-    let level = config.log.level.clone();
+    // Rebuilding the filter invalidates every callsite's cached interest
+    // (a global re-registration): only do it when the level changed.
+    let level = (config.log.level != current.config.log.level).then(|| config.log.level.clone());
     let snap = Snapshot::build(
         config,
         current.generation + 1,
@@ -159,7 +161,9 @@ async fn try_reload(gw: &Gateway, path: &Path) -> Result<u64, ReloadError> {
     .map_err(StartError::from)?;
     let generation = snap.generation;
     gw.apply(Some(snap)).await?;
-    crate::log::set_level(&level);
+    if let Some(level) = level {
+        crate::log::set_level(&level);
+    }
     Ok(generation)
 }
 
