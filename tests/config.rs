@@ -34,7 +34,7 @@ fn parse(text: &str) -> Result<Config, ConfigError> {
 fn err(text: &str) -> String {
     let e = parse(text).expect_err("config should be refused");
     let s = e.to_string();
-    for secret in [SK_TEST, SK_LIVE, PK_TEST, "sk_live_literal_in_file"] {
+    for secret in [SK_TEST, SK_LIVE, PK_TEST, "literal_in_file"] {
         assert!(!s.contains(secret), "error message leaks a secret: {s}");
     }
     s
@@ -327,5 +327,33 @@ mod check_command {
             ],
         );
         assert!(proc.wait_exit().await.success(), "{}", proc.output());
+    }
+}
+
+/// Values pasted into the wrong place must not come back in messages.
+#[test]
+fn misplaced_secret_values_are_never_echoed() {
+    let s = err(&service("test", "secret_key = { env = \"sk_live_literal_in_file\" }"));
+    assert!(s.contains("service[0].secret_key") && s.contains("NAME"), "{s}");
+    let s = err(&service("test", "secret_key = { file = \"sk_live_literal_in_file\" }"));
+    assert!(s.contains("service[0].secret_key"), "{s}");
+    let webhooks = |secrets: &str| {
+        format!(
+            "{}\n[webhooks]\nlisten = \"127.0.0.1:0\"\nplaintext = true\n[[webhooks.endpoint]]\npath = \"/h\"\nforward_to = \"http://127.0.0.1:9/x\"\nsecrets = {secrets}\n",
+            service("test", "secret_key = { env = \"SK_TEST\" }")
+        )
+    };
+    let s = err(&webhooks("\"whsk_literal_in_file\""));
+    assert!(s.contains("webhooks.endpoint[0].secrets") && s.contains("{ env = "), "{s}");
+    let s = err(&webhooks("{ env = \"WHSK\" }"));
+    assert!(s.contains("expected a list"), "{s}");
+    let s = err(&webhooks("[\"whsk_literal_in_file\"]"));
+    assert!(s.contains("{ env = "), "{s}");
+    for text in [
+        service("test", "secret_key = { env = \"sk_live_literal_in_file\" }"),
+        webhooks("\"whsk_literal_in_file\""),
+    ] {
+        let e = parse(&text).unwrap_err().to_string();
+        assert!(!e.contains("literal_in_file"), "{e}");
     }
 }

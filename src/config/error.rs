@@ -26,7 +26,7 @@ impl Problem {
         Self {
             key: key.into(),
             line,
-            message: message.into(),
+            message: redact_secrets(message.into()),
         }
     }
 }
@@ -92,4 +92,57 @@ pub(crate) fn line_of(text: &str, offset: usize) -> usize {
         .filter(|&&b| b == b'\n')
         .count()
         + 1
+}
+
+/// Prefixes of values that are credentials: PayMongo secret, public and
+/// restricted keys, and webhook signing secrets.
+const SECRET_PREFIXES: [&str; 4] = ["sk_", "pk_", "rk_", "whsk_"];
+
+/// Whether `s` looks like a credential value (used to refuse it where a
+/// name or a path was expected, without repeating it).
+pub(crate) fn looks_like_secret(s: &str) -> bool {
+    SECRET_PREFIXES.iter().any(|p| s.starts_with(p))
+}
+
+/// Replaces anything that looks like a credential in a message with
+/// `[REDACTED]`. Messages quote the values they complain about, and a value
+/// pasted into the wrong key (a key into `env = ..`, a secret where a list
+/// was expected) must not reach a terminal or a log through that quote.
+pub(crate) fn redact_secrets(msg: String) -> String {
+    let is_word = |c: char| c.is_ascii_alphanumeric() || c == '_' || c == '-';
+    let mut out = String::with_capacity(msg.len());
+    let mut rest = msg.as_str();
+    let mut redacted = false;
+    while !rest.is_empty() {
+        let at_boundary = out.chars().last().is_none_or(|c| !is_word(c));
+        if at_boundary && SECRET_PREFIXES.iter().any(|p| rest.starts_with(p)) {
+            let end = rest.find(|c: char| !is_word(c)).unwrap_or(rest.len());
+            out.push_str("[REDACTED]");
+            rest = &rest[end..];
+            redacted = true;
+            continue;
+        }
+        let Some(c) = rest.chars().next() else { break };
+        out.push(c);
+        rest = &rest[c.len_utf8()..];
+    }
+    if redacted { out } else { msg }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn credentials_are_redacted_from_messages() {
+        let m = redact_secrets("environment variable sk_live_51AbC is not set".into());
+        assert_eq!(m, "environment variable [REDACTED] is not set");
+        let m = redact_secrets("invalid type: string \"whsk_abc-def\", expected a sequence".into());
+        assert_eq!(m, "invalid type: string \"[REDACTED]\", expected a sequence");
+        let m = redact_secrets("cannot read ./pk_test_x: not found".into());
+        assert_eq!(m, "cannot read ./[REDACTED]: not found");
+        // Not at a word boundary: left alone.
+        assert_eq!(redact_secrets("mask_x task_y".into()), "mask_x task_y");
+        assert_eq!(redact_secrets("plain".into()), "plain");
+    }
 }

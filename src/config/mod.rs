@@ -793,7 +793,7 @@ impl Builder<'_, '_> {
             }
             let mut secrets = Vec::new();
             let secrets_line = self.line(&e.secrets);
-            match e.secrets.get_ref().len() {
+            match e.secrets.get_ref().0.len() {
                 0 => self.problem(key("secrets"), secrets_line, "at least one secret reference is required"),
                 1..=MAX_WEBHOOK_SECRETS => {}
                 n => self.problem(
@@ -805,7 +805,7 @@ impl Builder<'_, '_> {
                     ),
                 ),
             }
-            for r in e.secrets.get_ref() {
+            for r in &e.secrets.get_ref().0 {
                 let r = self.secret_ref(r);
                 match self.read_secret(&r) {
                     Ok(v) => {

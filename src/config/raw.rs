@@ -6,7 +6,7 @@ use serde::Deserialize;
 use toml::Spanned;
 
 use super::Mode;
-use super::types::{ByteSize, Cidr, Duration, HttpsUrl, ListenAddr, SecretRef};
+use super::types::{ByteSize, Cidr, Duration, HttpsUrl, ListenAddr, SecretList, SecretRef};
 use crate::outbound::allowlist::Route;
 
 #[derive(Debug, Deserialize)]
@@ -124,7 +124,7 @@ pub(super) struct RawWebhooks {
 #[serde(deny_unknown_fields)]
 pub(super) struct RawEndpoint {
     pub path: Spanned<String>,
-    pub secrets: Spanned<Vec<SecretRef>>,
+    pub secrets: Spanned<SecretList>,
     pub forward_to: Spanned<String>,
     pub forward_socket: Option<String>,
     pub forward_ca_file: Option<String>,

@@ -195,6 +195,13 @@ impl<'de> Deserialize<'de> for SecretRef {
                     let value: String = map.next_value()?;
                     let r = match key.as_str() {
                         "env" => {
+                            if super::error::looks_like_secret(&value) {
+                                return Err(de::Error::custom(
+                                    "`env` takes the NAME of an environment variable, and this looks like \
+                                     the secret itself; move the value into the environment \
+                                     (e.g. env = \"PAYMONGO_SECRET_KEY\")",
+                                ));
+                            }
                             if value.is_empty()
                                 || !value
                                     .bytes()
@@ -228,6 +235,39 @@ impl<'de> Deserialize<'de> for SecretRef {
                 found.ok_or_else(|| {
                     de::Error::custom("empty secret reference; expected { env = \"NAME\" } or { file = \"/path\" }")
                 })
+            }
+        }
+        d.deserialize_any(V)
+    }
+}
+
+/// A list of secret references (`secrets = [{ env = .. }, { file = .. }]`).
+/// A bare string is refused like a literal secret, without echoing it.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct SecretList(pub Vec<SecretRef>);
+
+impl<'de> Deserialize<'de> for SecretList {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl<'de> Visitor<'de> for V {
+            type Value = SecretList;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("a list of { env = \"NAME\" } / { file = \"/path\" } references")
+            }
+            fn visit_str<E: de::Error>(self, _v: &str) -> Result<SecretList, E> {
+                Err(E::custom(LITERAL_SECRET))
+            }
+            fn visit_map<A: MapAccess<'de>>(self, _map: A) -> Result<SecretList, A::Error> {
+                Err(de::Error::custom(
+                    "expected a list: secrets = [{ env = \"NAME\" }] (brackets around the reference)",
+                ))
+            }
+            fn visit_seq<A: de::SeqAccess<'de>>(self, mut seq: A) -> Result<SecretList, A::Error> {
+                let mut v = Vec::new();
+                while let Some(r) = seq.next_element::<SecretRef>()? {
+                    v.push(r);
+                }
+                Ok(SecretList(v))
             }
         }
         d.deserialize_any(V)
