@@ -5,6 +5,7 @@
 use std::collections::HashMap;
 use std::io;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use arc_swap::ArcSwap;
@@ -113,6 +114,9 @@ pub enum StartError {
     /// The idempotency store could not be built.
     #[error("idempotency: {0}")]
     Store(#[from] StoreError),
+    /// The gateway is shutting down; nothing new is applied.
+    #[error("the gateway is shutting down")]
+    ShuttingDown,
     /// A listener could not bind.
     #[error("{listener}: cannot listen on {addr}: {source}")]
     Bind {
@@ -131,6 +135,8 @@ pub struct Gateway {
     listeners: Mutex<HashMap<ListenerId, (ListenAddr, Listener)>>,
     /// One reload at a time: load, build and apply happen under it.
     pub(crate) reload_lock: Mutex<()>,
+    /// Set once shutdown begins; `apply` refuses from then on.
+    stopping: AtomicBool,
 }
 
 impl Gateway {
@@ -156,6 +162,7 @@ impl Gateway {
             shared,
             listeners: Mutex::new(HashMap::new()),
             reload_lock: Mutex::new(()),
+            stopping: AtomicBool::new(false),
         };
         gw.apply(None).await?;
         Ok(gw)
@@ -200,6 +207,9 @@ impl Gateway {
     /// `None` reconciles the listeners with the snapshot already published.
     pub(crate) async fn apply(&self, next: Option<Snapshot>) -> Result<(), StartError> {
         let mut listeners = self.listeners.lock().await;
+        if self.stopping.load(Ordering::SeqCst) {
+            return Err(StartError::ShuttingDown);
+        }
         let config = next.as_ref().map_or_else(
             || self.shared.snapshot().config.clone(),
             |s| s.config.clone(),
@@ -328,10 +338,15 @@ impl Gateway {
         }
     }
 
-    /// Stops accepting on every listener, waits up to `drain_timeout` for
-    /// in-flight requests and detached upstream calls, then returns.
+    /// Stops accepting on every listener, waits up to `drain_timeout` (one
+    /// deadline for everything) for in-flight requests and detached upstream
+    /// calls, then returns. A reload racing the shutdown is refused: it
+    /// would otherwise bind listeners again after they were drained.
     pub async fn shutdown(&self) {
+        self.stopping.store(true, Ordering::SeqCst);
+        let _no_reload = self.reload_lock.lock().await;
         let drain = self.shared.snapshot().config.drain_timeout;
+        let deadline = tokio::time::Instant::now() + drain;
         let all: Vec<Listener> = self
             .listeners
             .lock()
@@ -343,7 +358,7 @@ impl Gateway {
         let stops = all.into_iter().map(|l| l.shutdown(drain));
         futures_util::future::join_all(stops).await;
         self.shared.tasks.close();
-        if tokio::time::timeout(drain, self.shared.tasks.wait())
+        if tokio::time::timeout_at(deadline, self.shared.tasks.wait())
             .await
             .is_err()
         {
