@@ -300,12 +300,38 @@ impl Gateway {
     fn serve(&self, id: &ListenerId, bound: Bound) -> io::Result<Listener> {
         let opts = ServeOptions::plain(id.to_string());
         match id {
-            ListenerId::Service(name) => server::serve(
-                bound,
-                OutboundHandler::new(name.clone(), self.shared.clone()),
-                opts,
-            ),
-            ListenerId::Admin => server::serve(bound, AdminHandler::new(self.shared.clone()), opts),
+            ListenerId::Service(name) => {
+                let mut opts = opts;
+                let (shared, svc) = (self.shared.clone(), name.clone());
+                // Read per connection from the current snapshot: allow_from reloads.
+                opts.admit = Some(Arc::new(move |ip| {
+                    shared.snapshot().service(&svc).is_some_and(|s| {
+                        s.config
+                            .allow_from
+                            .as_ref()
+                            .is_none_or(|nets| nets.iter().any(|n| n.contains(ip)))
+                    })
+                }));
+                server::serve(
+                    bound,
+                    OutboundHandler::new(name.clone(), self.shared.clone()),
+                    opts,
+                )
+            }
+            ListenerId::Admin => {
+                let mut opts = opts;
+                let shared = self.shared.clone();
+                opts.admit = Some(Arc::new(move |ip| {
+                    shared
+                        .snapshot()
+                        .config
+                        .admin
+                        .allow_from
+                        .as_ref()
+                        .is_none_or(|nets| nets.iter().any(|n| n.contains(ip)))
+                }));
+                server::serve(bound, AdminHandler::new(self.shared.clone()), opts)
+            }
             ListenerId::Webhooks { tls } => {
                 let snap = self.shared.snapshot();
                 let mut opts = opts;

@@ -24,7 +24,7 @@ use hyper_util::server::conn::auto;
 use hyper_util::server::graceful::{GracefulShutdown, Watcher};
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::{TcpListener, TcpSocket, UnixListener};
-use tokio::sync::oneshot;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore, oneshot};
 use tokio::task::JoinHandle;
 use tracing::{debug, info, warn};
 
@@ -175,7 +175,15 @@ pub async fn bind(addr: &ListenAddr) -> io::Result<Bound> {
             Ok(Bound::Tcp(sock.listen(1024)?))
         }
         ListenAddr::Unix(path) => {
-            if path.exists() {
+            use std::os::unix::fs::{FileTypeExt as _, PermissionsExt as _};
+            if let Ok(meta) = std::fs::symlink_metadata(path) {
+                // Only ever replace a stale *socket*: a typo must not delete a file.
+                if !meta.file_type().is_socket() {
+                    return Err(io::Error::new(
+                        io::ErrorKind::AlreadyExists,
+                        format!("{} exists and is not a socket", path.display()),
+                    ));
+                }
                 if tokio::net::UnixStream::connect(path).await.is_ok() {
                     return Err(io::Error::new(
                         io::ErrorKind::AddrInUse,
@@ -184,7 +192,11 @@ pub async fn bind(addr: &ListenAddr) -> io::Result<Bound> {
                 }
                 std::fs::remove_file(path)?;
             }
-            Ok(Bound::Unix(UnixListener::bind(path)?, path.clone()))
+            let listener = UnixListener::bind(path)?;
+            // Whoever can connect *is* the service: owner and group only,
+            // whatever the umask.
+            std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o660))?;
+            Ok(Bound::Unix(listener, path.clone()))
         }
     }
 }
@@ -203,7 +215,16 @@ pub struct ServeOptions {
     pub header_timeout: Duration,
     /// Serve HTTP/1.1 only (no h2c, no h2 preface detection).
     pub http1_only: bool,
+    /// Decides at accept time whether a TCP peer may connect at all, so a
+    /// refused network cannot even hold connections open. `None` admits all.
+    pub admit: Option<AdmitFn>,
+    /// Open connections at most; at the cap the listener stops accepting
+    /// until one closes (backpressure instead of fd exhaustion).
+    pub max_connections: usize,
 }
+
+/// An accept-time admission check on the peer's IP address.
+pub type AdmitFn = Arc<dyn Fn(std::net::IpAddr) -> bool + Send + Sync>;
 
 impl ServeOptions {
     /// Plain HTTP with default timeouts.
@@ -213,6 +234,8 @@ impl ServeOptions {
             tls: None,
             header_timeout: Duration::from_secs(30),
             http1_only: false,
+            admit: None,
+            max_connections: 4096,
         }
     }
 }
@@ -282,9 +305,13 @@ fn http_builder(opts: &ServeOptions) -> auto::Builder<TokioExecutor> {
         .timer(TokioTimer::new())
         .header_read_timeout(opts.header_timeout)
         .keep_alive(true);
+    // An h2 connection that stops answering pings is closed rather than
+    // held forever.
     b.http2()
         .timer(TokioTimer::new())
-        .max_concurrent_streams(256);
+        .max_concurrent_streams(256)
+        .keep_alive_interval(Some(Duration::from_secs(30)))
+        .keep_alive_timeout(Duration::from_secs(10));
     if opts.http1_only {
         b = b.http1_only();
     }
@@ -299,14 +326,26 @@ async fn accept_loop<H: Handler>(
 ) {
     let graceful = GracefulShutdown::new();
     let builder = Arc::new(http_builder(&opts));
+    let slots = Arc::new(Semaphore::new(opts.max_connections.max(1)));
     let stop = loop {
         let accepted = tokio::select! {
             biased;
             s = &mut stop => break s.unwrap_or(Stop { drain: Duration::ZERO, closed: None }),
-            a = accept(&bound) => a,
+            a = async {
+                let slot = slots.clone().acquire_owned().await;
+                (slot, accept(&bound).await)
+            } => a,
+        };
+        let (Ok(slot), accepted) = accepted else {
+            continue;
         };
         match accepted {
             Ok(Accepted::Tcp(s, peer)) => {
+                if opts.admit.as_ref().is_some_and(|admit| !admit(peer.ip())) {
+                    debug!(listener = %opts.name, peer = %peer.ip(), "peer not in allow_from");
+                    spawn_refusal(s, opts.header_timeout, slot);
+                    continue;
+                }
                 spawn_conn(
                     s,
                     Peer::Tcp(peer),
@@ -314,10 +353,19 @@ async fn accept_loop<H: Handler>(
                     &builder,
                     graceful.watcher(),
                     &opts,
+                    slot,
                 );
             }
             Ok(Accepted::Unix(s)) => {
-                spawn_conn(s, Peer::Unix, &handler, &builder, graceful.watcher(), &opts);
+                spawn_conn(
+                    s,
+                    Peer::Unix,
+                    &handler,
+                    &builder,
+                    graceful.watcher(),
+                    &opts,
+                    slot,
+                );
             }
             Err(e) => {
                 // Usually fd exhaustion: back off briefly instead of spinning.
@@ -364,6 +412,44 @@ async fn accept(bound: &Bound) -> io::Result<Accepted> {
     }
 }
 
+/// A peer outside `allow_from` gets exactly one answer, 403
+/// `peer_not_allowed`, over HTTP/1.1 with the connection closed after it,
+/// all within `timeout`: it can neither reach a handler nor hold a
+/// connection open.
+fn spawn_refusal(io: tokio::net::TcpStream, timeout: Duration, slot: OwnedSemaphorePermit) {
+    tokio::spawn(async move {
+        let _slot = slot;
+        let svc = hyper::service::service_fn(|_req| async {
+            let e = crate::error::ApiError::new(
+                crate::error::ErrorCode::PeerNotAllowed,
+                "this client address is not allowed to use this listener",
+            );
+            Ok::<_, Infallible>(e.into_response())
+        });
+        let conn = hyper::server::conn::http1::Builder::new()
+            .keep_alive(false)
+            .serve_connection(TokioIo::new(io), svc);
+        let _ = tokio::time::timeout(timeout, conn).await;
+    });
+}
+
+/// A freshly accepted socket whose first bytes can be awaited.
+trait FirstBytes {
+    fn first_bytes(&self) -> impl Future<Output = io::Result<()>> + Send;
+}
+
+impl FirstBytes for tokio::net::TcpStream {
+    fn first_bytes(&self) -> impl Future<Output = io::Result<()>> + Send {
+        self.readable()
+    }
+}
+
+impl FirstBytes for tokio::net::UnixStream {
+    fn first_bytes(&self) -> impl Future<Output = io::Result<()>> + Send {
+        self.readable()
+    }
+}
+
 fn spawn_conn<IO, H>(
     io: IO,
     peer: Peer,
@@ -371,8 +457,9 @@ fn spawn_conn<IO, H>(
     builder: &Arc<auto::Builder<TokioExecutor>>,
     watcher: Watcher,
     opts: &ServeOptions,
+    slot: OwnedSemaphorePermit,
 ) where
-    IO: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+    IO: AsyncRead + AsyncWrite + FirstBytes + Unpin + Send + 'static,
     H: Handler,
 {
     let handler = handler.clone();
@@ -381,6 +468,16 @@ fn spawn_conn<IO, H>(
     let timeout = opts.header_timeout;
     let name = opts.name.clone();
     tokio::spawn(async move {
+        let _slot = slot;
+        // A peer that connects and says nothing never reaches hyper's own
+        // header timer (the protocol sniff and TLS wait first): bound it here.
+        if !matches!(
+            tokio::time::timeout(timeout, io.first_bytes()).await,
+            Ok(Ok(()))
+        ) {
+            debug!(listener = %name, "connection closed: nothing received in time");
+            return;
+        }
         match tls {
             None => serve_io(io, peer, handler, &builder, watcher).await,
             Some(source) => {

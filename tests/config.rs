@@ -333,9 +333,18 @@ mod check_command {
 /// Values pasted into the wrong place must not come back in messages.
 #[test]
 fn misplaced_secret_values_are_never_echoed() {
-    let s = err(&service("test", "secret_key = { env = \"sk_live_literal_in_file\" }"));
-    assert!(s.contains("service[0].secret_key") && s.contains("NAME"), "{s}");
-    let s = err(&service("test", "secret_key = { file = \"sk_live_literal_in_file\" }"));
+    let s = err(&service(
+        "test",
+        "secret_key = { env = \"sk_live_literal_in_file\" }",
+    ));
+    assert!(
+        s.contains("service[0].secret_key") && s.contains("NAME"),
+        "{s}"
+    );
+    let s = err(&service(
+        "test",
+        "secret_key = { file = \"sk_live_literal_in_file\" }",
+    ));
     assert!(s.contains("service[0].secret_key"), "{s}");
     let webhooks = |secrets: &str| {
         format!(
@@ -344,7 +353,10 @@ fn misplaced_secret_values_are_never_echoed() {
         )
     };
     let s = err(&webhooks("\"whsk_literal_in_file\""));
-    assert!(s.contains("webhooks.endpoint[0].secrets") && s.contains("{ env = "), "{s}");
+    assert!(
+        s.contains("webhooks.endpoint[0].secrets") && s.contains("{ env = "),
+        "{s}"
+    );
     let s = err(&webhooks("{ env = \"WHSK\" }"));
     assert!(s.contains("expected a list"), "{s}");
     let s = err(&webhooks("[\"whsk_literal_in_file\"]"));

@@ -557,3 +557,67 @@ async fn errors_have_paymongo_shape_and_admin_metrics_count_them() {
     assert!(text.contains(r#"paymongo_gateway_requests_total{service="checkout",class="2xx"} 1"#));
     assert!(!text.contains(SK));
 }
+
+#[tokio::test]
+async fn refused_peers_get_one_403_and_a_closed_connection() {
+    let h = Harness::new().await;
+    let services = r#"
+[[service]]
+name = "outside"
+listen = "0.0.0.0:0"
+secret_key = { env = "SK_CHECKOUT" }
+allow_remote = true
+allow_from = ["10.0.0.0/8"]
+"#;
+    let g = h.gateway(services, &[("SK_CHECKOUT", SK)]).await;
+    let port = g.addr("outside").await.port();
+    let mut s = tokio::net::TcpStream::connect(("127.0.0.1", port))
+        .await
+        .unwrap();
+    // Two pipelined requests: the refusal answers the first and closes.
+    s.write_all(b"GET /v1/a HTTP/1.1\r\nhost: x\r\n\r\nGET /v1/b HTTP/1.1\r\nhost: x\r\n\r\n")
+        .await
+        .unwrap();
+    let mut all = Vec::new();
+    s.read_to_end(&mut all).await.unwrap();
+    let text = String::from_utf8_lossy(&all);
+    assert_eq!(text.matches("HTTP/1.1 403").count(), 1, "{text}");
+    assert!(text.contains("peer_not_allowed"));
+    assert_eq!(h.upstream.total(), 0);
+}
+
+#[tokio::test]
+async fn unix_socket_is_private_and_never_replaces_a_regular_file() {
+    use std::os::unix::fs::PermissionsExt as _;
+    let h = Harness::new().await;
+    let sock = h.dir.path().join("svc.sock");
+    let svc = |p: &std::path::Path| {
+        format!(
+            "[[service]]\nname = \"s\"\nlisten = \"unix:{}\"\nsecret_key = {{ env = \"SK_CHECKOUT\" }}\n",
+            p.display()
+        )
+    };
+    let g = h.gateway(&svc(&sock), &[("SK_CHECKOUT", SK)]).await;
+    let mode = std::fs::metadata(&sock).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode, 0o660, "socket must be owner+group only");
+    g.gw.shutdown().await;
+    assert!(!sock.exists(), "socket removed on shutdown");
+
+    let precious = h.dir.path().join("precious.toml");
+    std::fs::write(&precious, "keep me").unwrap();
+    let cfg = h.config(&svc(&precious));
+    let config = paymongo_gateway::config::Config::parse(
+        &cfg,
+        &paymongo_gateway::config::LoadContext {
+            base_dir: h.dir.path().to_owned(),
+            env: &|n: &str| (n == "SK_CHECKOUT").then(|| SK.to_owned()),
+        },
+    )
+    .unwrap();
+    let err = paymongo_gateway::Gateway::start(config)
+        .await
+        .err()
+        .expect("must refuse");
+    assert!(err.to_string().contains("not a socket"), "{err}");
+    assert_eq!(std::fs::read_to_string(&precious).unwrap(), "keep me");
+}

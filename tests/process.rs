@@ -143,9 +143,17 @@ async fn secret_values_never_appear_in_anything_the_gateway_prints() {
     // A live reload of a file where the key value was pasted in place of
     // the variable name: refused, and the refusal must not quote it.
     let good = std::fs::read_to_string(&cfg).unwrap();
-    std::fs::write(&cfg, good.replace("{ env = \"PMGW_TEST_SK\" }", &format!("{{ env = \"{SK}\" }}"))).unwrap();
+    std::fs::write(
+        &cfg,
+        good.replace(
+            "{ env = \"PMGW_TEST_SK\" }",
+            &format!("{{ env = \"{SK}\" }}"),
+        ),
+    )
+    .unwrap();
     gw.signal("HUP");
-    gw.wait_for_line(|l| l.contains("reload refused") && l.contains("SIGHUP")).await;
+    gw.wait_for_line(|l| l.contains("reload refused") && l.contains("SIGHUP"))
+        .await;
 
     gw.signal("TERM");
     assert!(gw.wait_exit().await.success());

@@ -633,8 +633,13 @@ async fn a_reload_after_shutdown_began_is_refused_and_binds_nothing() {
     let live = Live::start(&h, &services(r#"["GET /v1/**"]"#)).await;
     let addr = live.addr("checkout").await;
     live.gw.shutdown().await;
-    let err = reload::reload(&live.gw, &live.path, "test").await.unwrap_err();
+    let err = reload::reload(&live.gw, &live.path, "test")
+        .await
+        .unwrap_err();
     assert!(err.to_string().contains("shutting down"), "{err}");
     assert!(live.gw.service_addr("checkout").await.is_none());
-    assert!(try_send(addr, "GET", "/v1/x", &[], "").await.is_err(), "nothing listens after shutdown");
+    assert!(
+        try_send(addr, "GET", "/v1/x", &[], "").await.is_err(),
+        "nothing listens after shutdown"
+    );
 }

@@ -138,7 +138,10 @@ mod tests {
         let m = redact_secrets("environment variable sk_live_51AbC is not set".into());
         assert_eq!(m, "environment variable [REDACTED] is not set");
         let m = redact_secrets("invalid type: string \"whsk_abc-def\", expected a sequence".into());
-        assert_eq!(m, "invalid type: string \"[REDACTED]\", expected a sequence");
+        assert_eq!(
+            m,
+            "invalid type: string \"[REDACTED]\", expected a sequence"
+        );
         let m = redact_secrets("cannot read ./pk_test_x: not found".into());
         assert_eq!(m, "cannot read ./[REDACTED]: not found");
         // Not at a word boundary: left alone.

@@ -116,7 +116,9 @@ impl Upstream {
             .enable_http2()
             .wrap_connector(http);
         let uri = self.uri_for(None).map_err(|e| e.to_string())?;
-        match tokio::time::timeout(self.settings.timeout, connector.call(uri)).await {
+        // Bounded by connect_timeout, not the request timeout: orchestrators
+        // give readiness probes seconds, not half a minute.
+        match tokio::time::timeout(self.settings.connect_timeout, connector.call(uri)).await {
             Ok(Ok(_conn)) => Ok(()),
             Ok(Err(e)) => Err(format!("upstream handshake failed: {e}")),
             Err(_) => Err("upstream handshake timed out".to_owned()),
