@@ -12,7 +12,9 @@ use std::future::Future;
 use std::io;
 use std::net::SocketAddr;
 use std::path::PathBuf;
+use std::pin::Pin;
 use std::sync::Arc;
+use std::task::Poll;
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -26,6 +28,7 @@ use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::{TcpListener, TcpSocket, UnixListener};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, oneshot};
 use tokio::task::JoinHandle;
+use tokio::time::Sleep;
 use tracing::{debug, info, warn};
 
 use crate::config::ListenAddr;
@@ -44,42 +47,102 @@ pub type ResponseBody = Either<Full<Bytes>, Streamed>;
 
 /// A body streamed from a peer, optionally preceded by bytes already read
 /// from it (an idempotent response that turned out too large to store is
-/// passed on from where buffering stopped).
-#[derive(Debug)]
+/// passed on from where buffering stopped), bounded by the request's
+/// deadline, and optionally holding something until the body is over.
 pub struct Streamed {
     prefix: Option<Bytes>,
     rest: Incoming,
+    deadline: Option<(Pin<Box<Sleep>>, Duration)>,
+    hold: Option<Box<dyn Send>>,
 }
+
+impl std::fmt::Debug for Streamed {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Streamed")
+            .field("prefix", &self.prefix.as_ref().map(Bytes::len))
+            .field("deadline", &self.deadline.as_ref().map(|(_, d)| d))
+            .finish()
+    }
+}
+
+/// The error a body that outlived its request deadline ends with.
+#[derive(Debug, thiserror::Error)]
+#[error("upstream response body not finished within {0:?}")]
+pub struct BodyDeadline(pub Duration);
 
 impl Streamed {
     /// `prefix` (if not empty), then the rest of `rest`.
     pub fn with_prefix(prefix: Bytes, rest: Incoming) -> Self {
         Self {
             prefix: Some(prefix).filter(|p| !p.is_empty()),
-            rest,
+            ..Self::from(rest)
         }
+    }
+
+    /// Ends the body with an error once `sleep` fires: the request's
+    /// `timeout` covers the body too, not only the head. Reusing the
+    /// request's own timer costs no second timer registration.
+    pub fn deadline(mut self, sleep: Pin<Box<Sleep>>, timeout: Duration) -> Self {
+        self.deadline = Some((sleep, timeout));
+        self
+    }
+
+    /// Keeps `value` alive until the body ends, fails or is dropped.
+    pub fn hold(mut self, value: impl Send + 'static) -> Self {
+        self.hold = Some(Box::new(value));
+        self
     }
 }
 
 impl From<Incoming> for Streamed {
     fn from(rest: Incoming) -> Self {
-        Self { prefix: None, rest }
+        Self {
+            prefix: None,
+            rest,
+            deadline: None,
+            hold: None,
+        }
     }
 }
 
 impl hyper::body::Body for Streamed {
     type Data = Bytes;
-    type Error = hyper::Error;
+    type Error = Box<dyn std::error::Error + Send + Sync>;
 
     fn poll_frame(
-        self: std::pin::Pin<&mut Self>,
+        self: Pin<&mut Self>,
         cx: &mut std::task::Context<'_>,
-    ) -> std::task::Poll<Option<Result<hyper::body::Frame<Bytes>, hyper::Error>>> {
+    ) -> Poll<Option<Result<hyper::body::Frame<Bytes>, Self::Error>>> {
         let this = self.get_mut();
         if let Some(p) = this.prefix.take() {
-            return std::task::Poll::Ready(Some(Ok(hyper::body::Frame::data(p))));
+            return Poll::Ready(Some(Ok(hyper::body::Frame::data(p))));
         }
-        std::pin::Pin::new(&mut this.rest).poll_frame(cx)
+        let polled = Pin::new(&mut this.rest).poll_frame(cx);
+        match polled {
+            Poll::Ready(None) => {
+                this.hold = None;
+                this.deadline = None;
+                Poll::Ready(None)
+            }
+            Poll::Ready(Some(Err(e))) => {
+                this.hold = None;
+                Poll::Ready(Some(Err(e.into())))
+            }
+            Poll::Ready(Some(Ok(frame))) => Poll::Ready(Some(Ok(frame))),
+            Poll::Pending => {
+                let expired = match &mut this.deadline {
+                    Some((sleep, d)) => sleep.as_mut().poll(cx).is_ready().then_some(*d),
+                    None => None,
+                };
+                match expired {
+                    Some(d) => {
+                        this.hold = None;
+                        Poll::Ready(Some(Err(Box::new(BodyDeadline(d)))))
+                    }
+                    None => Poll::Pending,
+                }
+            }
+        }
     }
 
     fn is_end_stream(&self) -> bool {

@@ -621,3 +621,144 @@ async fn unix_socket_is_private_and_never_replaces_a_regular_file() {
     assert!(err.to_string().contains("not a socket"), "{err}");
     assert_eq!(std::fs::read_to_string(&precious).unwrap(), "keep me");
 }
+
+/// Reads from `s` until `needle` has arrived; returns everything read.
+async fn read_until(s: &mut tokio::net::TcpStream, needle: &str) -> String {
+    let mut got = Vec::new();
+    let mut buf = [0u8; 4096];
+    while !String::from_utf8_lossy(&got).contains(needle) {
+        let n = tokio::time::timeout(support::WAIT, s.read(&mut buf))
+            .await
+            .unwrap()
+            .unwrap();
+        assert!(
+            n > 0,
+            "closed before {needle:?}: {:?}",
+            String::from_utf8_lossy(&got)
+        );
+        got.extend_from_slice(&buf[..n]);
+    }
+    String::from_utf8_lossy(&got).into_owned()
+}
+
+#[tokio::test]
+async fn a_stalled_response_body_is_cut_at_the_request_timeout() {
+    let h = Harness::new().await;
+    let never = Gate::new();
+    let g2 = never.clone();
+    h.upstream
+        .behave(move |_, _| Reply::ResetMidBody(g2.clone()));
+    let cfg = h
+        .config(&one_service(""))
+        .replace("timeout = \"5s\"", "timeout = \"300ms\"");
+    let g = support::start_gateway(&cfg, h.dir.path(), &[("SK_CHECKOUT", SK)]).await;
+    let mut s = tokio::net::TcpStream::connect(g.addr("checkout").await)
+        .await
+        .unwrap();
+    s.write_all(b"GET /v1/payment_intents/pi_1 HTTP/1.1\r\nhost: x\r\n\r\n")
+        .await
+        .unwrap();
+    let head = read_until(&mut s, "{\"part").await;
+    assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+    // The upstream never finishes; the gateway must end the body itself
+    // (bounded wait: a hang fails the test at WAIT).
+    let mut rest = Vec::new();
+    let r = tokio::time::timeout(support::WAIT, s.read_to_end(&mut rest))
+        .await
+        .expect("body never cut");
+    let total = head.len() + rest.len() - (head.find("\r\n\r\n").unwrap() + 4);
+    assert!(
+        r.is_err() || total < 100,
+        "connection must end short of Content-Length"
+    );
+    never.open();
+}
+
+#[tokio::test]
+async fn connection_named_idempotency_key_is_dropped_consistently() {
+    let h = Harness::new().await;
+    let g = h.gateway(&one_service(""), &[("SK_CHECKOUT", SK)]).await;
+    let addr = g.addr("checkout").await;
+    let hdrs = [
+        ("idempotency-key", "k-conn"),
+        ("connection", "idempotency-key"),
+    ];
+    send(addr, "POST", "/v1/payment_intents", &hdrs, "{}").await;
+    let second = send(addr, "POST", "/v1/payment_intents", &hdrs, "{}").await;
+    // Stripped as hop-by-hop before idempotency looked: neither deduplicated
+    // nor forwarded, so the gateway never claims a key PayMongo didn't get.
+    assert!(second.header("idempotent-replayed").is_none());
+    assert_eq!(h.upstream.count("POST", "/v1/payment_intents"), 2);
+    assert!(
+        h.upstream
+            .requests()
+            .iter()
+            .all(|s| s.headers.get("idempotency-key").is_none())
+    );
+}
+
+#[tokio::test]
+async fn a_too_large_idempotent_answer_keeps_its_claim_until_fully_streamed() {
+    let h = Harness::new().await;
+    let gate = Gate::new();
+    let g2 = gate.clone();
+    let first = bytes::Bytes::from(format!("{{\"data\":\"{}", "a".repeat(3000)));
+    let rest = bytes::Bytes::from(format!("{}\"}}", "b".repeat(3000)));
+    let (f2, r2) = (first.clone(), rest.clone());
+    h.upstream
+        .behave(move |_, _| Reply::HeldBody(g2.clone(), f2.clone(), r2.clone()));
+    let cfg = h.config(&format!(
+        "{}\n[idempotency]\nmax_response = \"1KiB\"\nin_flight = \"reject\"\n",
+        one_service("")
+    ));
+    let g = support::start_gateway(&cfg, h.dir.path(), &[("SK_CHECKOUT", SK)]).await;
+    let addr = g.addr("checkout").await;
+
+    let mut a = tokio::net::TcpStream::connect(addr).await.unwrap();
+    a.write_all(b"POST /v1/payment_intents HTTP/1.1\r\nhost: x\r\nidempotency-key: big-1\r\ncontent-length: 2\r\n\r\n{}")
+        .await
+        .unwrap();
+    read_until(&mut a, "aaaa").await;
+    // A's answer is still arriving: a duplicate must not run a second call.
+    let dup = send(
+        addr,
+        "POST",
+        "/v1/payment_intents",
+        &[("idempotency-key", "big-1")],
+        "{}",
+    )
+    .await;
+    assert_eq!(dup.status, 409, "claim must be held while the body streams");
+    assert_eq!(h.upstream.count("POST", "/v1/payment_intents"), 1);
+
+    gate.open();
+    let body = read_until(&mut a, "bbb\"}").await;
+    assert!(body.contains(&"b".repeat(3000)));
+    // Fully streamed and not stored (too large): the claim is released, so
+    // a retry is forwarded again (PayMongo dedupes on the key it received).
+    let mut retry = send(
+        addr,
+        "POST",
+        "/v1/payment_intents",
+        &[("idempotency-key", "big-1")],
+        "{}",
+    )
+    .await;
+    for _ in 0..50 {
+        if retry.status != 409 {
+            break;
+        }
+        // The release happens in the background right after the body ends.
+        tokio::task::yield_now().await;
+        retry = send(
+            addr,
+            "POST",
+            "/v1/payment_intents",
+            &[("idempotency-key", "big-1")],
+            "{}",
+        )
+        .await;
+    }
+    assert_eq!(retry.status, 200);
+    assert_eq!(h.upstream.count("POST", "/v1/payment_intents"), 2);
+}

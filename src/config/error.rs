@@ -98,6 +98,9 @@ pub(crate) fn line_of(text: &str, offset: usize) -> usize {
 /// restricted keys, and webhook signing secrets.
 const SECRET_PREFIXES: [&str; 4] = ["sk_", "pk_", "rk_", "whsk_"];
 
+/// Shortest token treated as a credential by [`redact_secrets`].
+const MIN_SECRET_LEN: usize = 12;
+
 /// Whether `s` looks like a credential value (used to refuse it where a
 /// name or a path was expected, without repeating it).
 pub(crate) fn looks_like_secret(s: &str) -> bool {
@@ -117,10 +120,14 @@ pub(crate) fn redact_secrets(msg: String) -> String {
         let at_boundary = out.chars().last().is_none_or(|c| !is_word(c));
         if at_boundary && SECRET_PREFIXES.iter().any(|p| rest.starts_with(p)) {
             let end = rest.find(|c: char| !is_word(c)).unwrap_or(rest.len());
-            out.push_str("[REDACTED]");
-            rest = &rest[end..];
-            redacted = true;
-            continue;
+            // Bare prefixes in help text ("sk_test_...", "whsk_...") stay;
+            // real credentials are far longer than this.
+            if end >= MIN_SECRET_LEN {
+                out.push_str("[REDACTED]");
+                rest = &rest[end..];
+                redacted = true;
+                continue;
+            }
         }
         let Some(c) = rest.chars().next() else { break };
         out.push(c);
@@ -137,15 +144,19 @@ mod tests {
     fn credentials_are_redacted_from_messages() {
         let m = redact_secrets("environment variable sk_live_51AbC is not set".into());
         assert_eq!(m, "environment variable [REDACTED] is not set");
-        let m = redact_secrets("invalid type: string \"whsk_abc-def\", expected a sequence".into());
+        let m =
+            redact_secrets("invalid type: string \"whsk_abcdef-ghij\", expected a sequence".into());
         assert_eq!(
             m,
             "invalid type: string \"[REDACTED]\", expected a sequence"
         );
-        let m = redact_secrets("cannot read ./pk_test_x: not found".into());
+        let m = redact_secrets("cannot read ./pk_test_xyz123: not found".into());
         assert_eq!(m, "cannot read ./[REDACTED]: not found");
         // Not at a word boundary: left alone.
         assert_eq!(redact_secrets("mask_x task_y".into()), "mask_x task_y");
         assert_eq!(redact_secrets("plain".into()), "plain");
+        // Help text naming the prefixes is kept.
+        let help = "expected sk_test_... or sk_live_..., or the whsk_... secret";
+        assert_eq!(redact_secrets(help.into()), help);
     }
 }

@@ -697,12 +697,16 @@ impl Builder<'_, '_> {
         let max_response = r.max_response.map_or(1 << 20, ByteSize::bytes);
         if store == StoreKind::Memory && max_memory == 0 {
             self.problem("idempotency.max_memory", None, "must be greater than 0");
-        } else if store == StoreKind::Memory && max_response > max_memory {
+        } else if store == StoreKind::Memory
+            && max_response + crate::idempotency::memory::ENTRY_OVERHEAD as u64
+                > crate::idempotency::memory::record_budget(max_memory)
+        {
             self.problem(
                 "idempotency.max_response",
                 None,
                 format!(
-                    "{max_response} bytes exceeds max_memory ({max_memory} bytes); a response that large could never be stored"
+                    "{max_response} bytes does not fit the memory store's record budget (2/3 of max_memory = {max_memory} bytes, \
+                     less per-record overhead); a response that large would be evicted at once. Raise max_memory or lower max_response"
                 ),
             );
         }

@@ -114,9 +114,18 @@ impl Route {
         for pat in self.segments.iter() {
             match pat {
                 // Segments are never empty (canonical paths only).
-                Segment::Rest => return segs.next().is_some(),
+                Segment::Rest => {
+                    let mut any = false;
+                    for s in segs.by_ref() {
+                        if !wildcard_ok(s) {
+                            return false;
+                        }
+                        any = true;
+                    }
+                    return any;
+                }
                 Segment::One => {
-                    if segs.next().is_none() {
+                    if !segs.next().is_some_and(|s| wildcard_ok(s)) {
                         return false;
                     }
                 }
@@ -129,6 +138,15 @@ impl Route {
         }
         segs.next().is_none()
     }
+}
+
+/// What a wildcard may stand for: the characters of PayMongo resource names
+/// and ids (`pi_3Pb9xYz`, `payment_intents`). Anything else (`;`, `..;`,
+/// percent-escapes, bytes that some servers normalise) is not a resource id,
+/// and letting `*` match it would let a rule cover paths nobody meant.
+fn wildcard_ok(seg: &str) -> bool {
+    seg.bytes()
+        .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
 }
 
 /// Longest path, in segments, that can match a rule. PayMongo paths have at
@@ -276,7 +294,11 @@ mod tests {
         ] {
             assert!(!a.permits(&Method::GET, p), "{p}");
         }
-        assert!(a.permits(&Method::GET, "/v1/customers/cus%20x"));
+        // Wildcards only stand for resource-name characters.
+        assert!(!a.permits(&Method::GET, "/v1/customers/cus%20x"));
+        assert!(!a.permits(&Method::GET, "/v1/payment_intents/..;/attach"));
+        assert!(!a.permits(&Method::GET, "/v1/payment_intents/pi;x"));
+        assert!(a.permits(&Method::GET, "/v1/payment_intents/pi_3Pb-9"));
     }
 
     #[test]

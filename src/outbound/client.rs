@@ -4,6 +4,7 @@
 //! per request, not per connection). A reload that leaves `[upstream]`
 //! unchanged keeps the client and its warm connections.
 
+use std::pin::Pin;
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -15,6 +16,7 @@ use hyper_rustls::HttpsConnector;
 use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::{TokioExecutor, TokioTimer};
+use tokio::time::Sleep;
 
 use super::ForwardError;
 use crate::config::UpstreamConfig;
@@ -86,18 +88,29 @@ impl Upstream {
         self.settings.timeout
     }
 
-    /// Sends a prepared request and waits for the response head, bounded by `timeout`.
+    /// A timer for one request's `timeout`, shared by [`Upstream::send`]
+    /// (the head) and the streamed body that follows.
+    pub fn deadline(&self) -> Pin<Box<Sleep>> {
+        Box::pin(tokio::time::sleep(self.settings.timeout))
+    }
+
+    /// Sends a prepared request and waits for the response head, until
+    /// `deadline` fires.
     pub async fn send(
         &self,
         mut req: Request<Full<Bytes>>,
+        deadline: &mut Pin<Box<Sleep>>,
     ) -> Result<Response<Incoming>, ForwardError> {
         // The caller may have used h2c; ALPN picks the upstream protocol.
         *req.version_mut() = Version::HTTP_11;
-        match tokio::time::timeout(self.settings.timeout, self.client.request(req)).await {
-            Err(_) => Err(ForwardError::Timeout(self.settings.timeout)),
-            Ok(Err(e)) if e.is_connect() => Err(ForwardError::Connect(e)),
-            Ok(Err(e)) => Err(ForwardError::Failed(e)),
-            Ok(Ok(resp)) => Ok(resp),
+        tokio::select! {
+            biased;
+            r = self.client.request(req) => match r {
+                Err(e) if e.is_connect() => Err(ForwardError::Connect(e)),
+                Err(e) => Err(ForwardError::Failed(e)),
+                Ok(resp) => Ok(resp),
+            },
+            () = deadline.as_mut() => Err(ForwardError::Timeout(self.settings.timeout)),
         }
     }
 

@@ -64,7 +64,20 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
 /// headers, *then* injects the service key, so no caller header can remove
 /// or shadow it.
 pub fn rewrite_request(headers: &mut HeaderMap, key: &ApiKey) {
+    sanitize_request(headers);
+    inject_key(headers, key);
+}
+
+/// The first half of [`rewrite_request`]: what the caller sent, minus what
+/// must not travel on. Runs before idempotency looks at the headers, so the
+/// key and content type it fingerprints are exactly what PayMongo receives
+/// (a caller naming `Idempotency-Key` in `Connection` drops it everywhere).
+pub fn sanitize_request(headers: &mut HeaderMap) {
     strip(headers, |n| is_hop_by_hop(n) || is_caller_only(n));
+}
+
+/// The second half: set the service's key. Nothing is stripped after this.
+pub fn inject_key(headers: &mut HeaderMap, key: &ApiKey) {
     headers.insert(header::AUTHORIZATION, key.authorization().clone());
 }
 

@@ -9,6 +9,7 @@
 //! tasks. The response is buffered (up to `max_response`) so it can be
 //! stored; a larger one is streamed on and not stored.
 
+use std::pin::Pin;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -18,12 +19,14 @@ use http::response::Parts as ResponseParts;
 use http::{Request, Response};
 use http_body_util::{BodyExt, Either, Full};
 use hyper::body::Incoming;
-use tracing::{debug, warn};
+use tokio::time::Sleep;
+use tracing::{debug, info, warn};
 
 use super::{ForwardError, OutboundError, headers};
 use crate::config::IdempotencyConfig;
 use crate::gateway::Shared;
 use crate::idempotency::{self, ClaimGuard, Decision, RequestView, StoredResponse};
+use crate::log::MaskedPath;
 use crate::metrics::{IdempotencyOutcome, ServiceMetrics};
 use crate::reload::Snapshot;
 use crate::server::{ResponseBody, Streamed};
@@ -95,7 +98,8 @@ pub async fn begin(
 }
 
 /// Forwards a request whose key this request owns, in a detached task, and
-/// awaits its answer. Dropping the returned future does not stop the call.
+/// awaits its answer. Dropping the returned future does not stop the call;
+/// the task then logs the outcome itself, since no request line will.
 pub async fn forward_claimed(
     shared: &Shared,
     snap: &Arc<Snapshot>,
@@ -103,12 +107,33 @@ pub async fn forward_claimed(
     req: Request<Full<Bytes>>,
     guard: ClaimGuard,
 ) -> Result<Response<ResponseBody>, ForwardError> {
-    let task = execute(snap.clone(), metrics.clone(), req, guard);
-    match shared.tasks.spawn(task).await {
+    let (tx, rx) = tokio::sync::oneshot::channel();
+    let (snap, metrics) = (snap.clone(), metrics.clone());
+    let what = format!("{} {}", req.method(), MaskedPath(req.uri().path()));
+    shared.tasks.spawn(async move {
+        let result = execute(snap, metrics, req, guard).await;
+        if let Err(unsent) = tx.send(result) {
+            match unsent {
+                Ok(resp) => info!(
+                    request = %what,
+                    status = resp.status().as_u16(),
+                    "idempotent call finished after the client disconnected; its retry gets the stored answer"
+                ),
+                Err(e) => warn!(
+                    request = %what,
+                    error = %e,
+                    "idempotent call failed after the client disconnected; claim released"
+                ),
+            }
+        }
+    });
+    match rx.await {
         Ok(r) => r,
         // Only a runtime shutdown or a panic gets here; the guard, dropped
         // with the task, has released the claim.
-        Err(e) => Err(ForwardError::Aborted(e.to_string())),
+        Err(_) => Err(ForwardError::Aborted(
+            "the upstream task ended without an answer".into(),
+        )),
     }
 }
 
@@ -123,9 +148,9 @@ async fn execute(
     let upstream = &snap.upstream;
     // `upstream.timeout` bounds the whole response here, not just its head:
     // the claim's lease must outlive the call, and it is validated against it.
-    let deadline = tokio::time::Instant::now() + upstream.timeout();
+    let mut deadline = upstream.deadline();
     let started = Instant::now();
-    let sent = upstream.send(req).await;
+    let sent = upstream.send(req, &mut deadline).await;
     metrics.upstream_latency(started.elapsed());
     let mut resp = match sent {
         Ok(r) => r,
@@ -135,15 +160,17 @@ async fn execute(
         }
     };
     headers::rewrite_response(resp.headers_mut());
-    match buffer(resp, cfg.max_response, deadline, upstream.timeout()).await {
+    match buffer(resp, cfg.max_response, &mut deadline, upstream.timeout()).await {
         Err(e) => {
             release(guard).await;
             Err(e)
         }
         Ok(Buffered::TooLarge(resp)) => {
             debug!("idempotent response exceeds max_response; passed through, not stored");
-            release(guard).await;
-            Ok(resp.map(Either::Right))
+            // The claim is held until the body is fully streamed (then
+            // released by the guard's drop): a waiting duplicate must not
+            // re-execute while PayMongo's first answer is still arriving.
+            Ok(resp.map(|b| Either::Right(b.deadline(deadline, upstream.timeout()).hold(guard))))
         }
         Ok(Buffered::Whole(parts, body)) => {
             if idempotency::storable(parts.status) {
@@ -181,7 +208,7 @@ enum Buffered {
 async fn buffer(
     resp: Response<Incoming>,
     cap: u64,
-    deadline: tokio::time::Instant,
+    deadline: &mut Pin<Box<Sleep>>,
     timeout: Duration,
 ) -> Result<Buffered, ForwardError> {
     let declared = resp
@@ -196,11 +223,14 @@ async fn buffer(
     let cap = usize::try_from(cap).unwrap_or(usize::MAX);
     let mut buf = BytesMut::with_capacity(declared.map_or(0, |n| usize::try_from(n).unwrap_or(0)));
     loop {
-        let frame = match tokio::time::timeout_at(deadline, body.frame()).await {
-            Err(_) => return Err(ForwardError::Timeout(timeout)),
-            Ok(None) => break,
-            Ok(Some(Err(e))) => return Err(ForwardError::Body(e)),
-            Ok(Some(Ok(f))) => f,
+        let frame = tokio::select! {
+            biased;
+            f = body.frame() => match f {
+                None => break,
+                Some(Err(e)) => return Err(ForwardError::Body(e)),
+                Some(Ok(f)) => f,
+            },
+            () = deadline.as_mut() => return Err(ForwardError::Timeout(timeout)),
         };
         // Trailers are not replayed (PayMongo sends none).
         let Ok(data) = frame.into_data() else {

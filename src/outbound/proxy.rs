@@ -6,7 +6,9 @@
 //! snapshot once, so a request finishes on the configuration it started with
 //! even if a reload swaps it meanwhile.
 
+use std::pin::Pin;
 use std::sync::Arc;
+use std::time::Duration;
 use std::time::Instant;
 
 use bytes::Bytes;
@@ -14,6 +16,7 @@ use http::request::Parts;
 use http::{HeaderMap, HeaderValue, Method, Request, Response, StatusCode};
 use http_body_util::{BodyExt, Either, Full, Limited};
 use hyper::body::Incoming;
+use tokio::time::Sleep;
 use tracing::{info, warn};
 
 use super::idempotent::{self, Step};
@@ -23,6 +26,7 @@ use crate::error::ApiError;
 use crate::gateway::Shared;
 use crate::idempotency;
 use crate::log::MaskedPath;
+use crate::metrics::ServiceMetrics;
 use crate::reload::{ServiceRuntime, Snapshot};
 use crate::server::{Handler, Peer, ResponseBody, Streamed, full};
 
@@ -67,7 +71,13 @@ impl Handler for OutboundHandler {
             record(&line, resp.status(), false, Some(&e));
             return resp;
         };
+        let mut unanswered = Unanswered {
+            line: &line,
+            metrics: &svc.metrics,
+            armed: true,
+        };
         let result = proxy(&self.shared, &snap, svc, req, &peer).await;
+        unanswered.armed = false;
         let (resp, replay, err) = match result {
             Ok(a) => (a.resp, a.replay, None),
             Err(e) => {
@@ -95,6 +105,7 @@ async fn proxy(
     route_check(cfg, req.method(), req.uri().path())?;
     let (mut parts, body) = req.into_parts();
     let body = read_body(body, &parts.headers, cfg.max_body).await?;
+    headers::sanitize_request(&mut parts.headers);
     let claim = match idempotent::begin(shared, &snap.config.idempotency, &cfg.name, &parts, &body)
         .await?
     {
@@ -126,9 +137,10 @@ async fn forward(
     req: Request<Full<Bytes>>,
 ) -> Result<Response<ResponseBody>, ForwardError> {
     let started = Instant::now();
-    let resp = upstream.send(req).await;
+    let mut deadline = upstream.deadline();
+    let resp = upstream.send(req, &mut deadline).await;
     svc.metrics.upstream_latency(started.elapsed());
-    Ok(respond(resp?))
+    Ok(respond(resp?, deadline, upstream.timeout()))
 }
 
 /// Refuses routes outside the service's allowlist (and non-canonical paths).
@@ -168,23 +180,60 @@ pub async fn read_body(
     }
 }
 
-/// Rewrites headers (strip, then inject the key) and points the URI at PayMongo.
+/// Injects the key (the headers were sanitized already) and points the URI
+/// at PayMongo.
 fn inject(
     parts: &mut Parts,
     cfg: &ServiceConfig,
     upstream: &Upstream,
 ) -> Result<(), OutboundError> {
-    headers::rewrite_request(&mut parts.headers, &cfg.key);
+    headers::inject_key(&mut parts.headers, &cfg.key);
     parts.uri = upstream
         .uri_for(parts.uri.path_and_query())
         .map_err(ForwardError::Uri)?;
     Ok(())
 }
 
-/// Streams PayMongo's response back with hop-by-hop headers removed.
-fn respond(mut resp: Response<Incoming>) -> Response<ResponseBody> {
+/// Streams PayMongo's response back with hop-by-hop headers removed; the
+/// body must finish before the request's deadline.
+fn respond(
+    mut resp: Response<Incoming>,
+    deadline: Pin<Box<Sleep>>,
+    timeout: Duration,
+) -> Response<ResponseBody> {
     headers::rewrite_response(resp.headers_mut());
-    resp.map(|b| Either::Right(Streamed::from(b)))
+    resp.map(|b| Either::Right(Streamed::from(b).deadline(deadline, timeout)))
+}
+
+/// Status logged and counted for a request whose client went away before
+/// the answer (nginx's convention).
+const CLIENT_CLOSED: u16 = 499;
+
+/// Still the one line per request when the client hangs up: hyper then drops
+/// the request future mid-way, and this guard's drop writes the line.
+struct Unanswered<'a> {
+    line: &'a Line<'a>,
+    metrics: &'a ServiceMetrics,
+    armed: bool,
+}
+
+impl Drop for Unanswered<'_> {
+    fn drop(&mut self) {
+        if self.armed {
+            let status = StatusCode::from_u16(CLIENT_CLOSED).unwrap_or(StatusCode::BAD_REQUEST);
+            self.metrics.response(status);
+            let latency_ms = (self.line.started.elapsed().as_secs_f64() * 1e6).round() / 1e3;
+            info!(
+                service = self.line.service,
+                method = %self.line.method,
+                path = %MaskedPath(self.line.path),
+                status = CLIENT_CLOSED,
+                latency_ms,
+                idempotency_key = self.line.idem_key.and_then(idempotency::abbrev).map(tracing::field::display),
+                "request: client closed the connection before the answer"
+            );
+        }
+    }
 }
 
 /// What the request line says about a request, gathered before it is consumed.

@@ -71,6 +71,9 @@ pub enum Reply {
     /// Status, `application/json`, and the body in these chunks with no
     /// declared length (chunked over HTTP/1.1, DATA frames over h2).
     Chunked(u16, Vec<Bytes>),
+    /// 200 with Content-Length of `first` + `rest`: sends `first`, waits
+    /// for the gate, then sends `rest`.
+    HeldBody(Gate, Bytes, Bytes),
 }
 
 type Behavior = Arc<dyn Fn(&Seen, usize) -> Reply + Send + Sync>;
@@ -259,6 +262,21 @@ async fn answer(mut reply: Reply) -> Result<Response<RespBody>, std::io::Error> 
                     .status(StatusCode::from_u16(status).unwrap())
                     .header("content-type", "application/json")
                     .body(StreamBody::new(frames).boxed())
+                    .unwrap());
+            }
+            Reply::HeldBody(gate, first, rest) => {
+                let len = first.len() + rest.len();
+                let head = futures_util::stream::iter([Ok(Frame::data(first))]);
+                let tail = futures_util::stream::once(async move {
+                    gate.wait().await;
+                    Ok(Frame::data(rest))
+                });
+                let body = StreamBody::new(futures_util::StreamExt::chain(head, tail)).boxed();
+                return Ok(Response::builder()
+                    .status(200)
+                    .header("content-type", "application/json")
+                    .header("content-length", len.to_string())
+                    .body(body)
                     .unwrap());
             }
             Reply::ResetMidBody(gate) => {
