@@ -14,7 +14,7 @@ use tokio_util::task::TaskTracker;
 use tracing::{error, info, warn};
 
 use crate::admin::AdminHandler;
-use crate::config::{Config, ListenAddr};
+use crate::config::{Config, ListenAddr, listeners_clash as clash};
 use crate::idempotency::{IdempotencyStore, StoreError};
 use crate::metrics::Metrics;
 use crate::outbound::OutboundHandler;
@@ -218,7 +218,8 @@ impl Gateway {
         let drain = config.drain_timeout;
 
         // Listeners that go away or move. Their sockets are closed before new
-        // binds only when a new listener needs the very same address.
+        // binds only when a new listener needs an address they hold (the same
+        // one, or the same port with a wildcard on either side).
         let mut leaving: Vec<ListenerId> = listeners
             .iter()
             .filter(|(id, (addr, _))| desired.get(*id) != Some(addr))
@@ -228,7 +229,7 @@ impl Gateway {
             |addr: &ListenAddr, ls: &HashMap<ListenerId, (ListenAddr, Listener)>| {
                 leaving
                     .iter()
-                    .any(|id| ls.get(id).is_some_and(|(a, _)| a == addr))
+                    .any(|id| ls.get(id).is_some_and(|(a, _)| clash(a, addr)))
             };
 
         let mut bound: Vec<(ListenerId, ListenAddr, Bound)> = Vec::new();
@@ -263,7 +264,7 @@ impl Gateway {
         for (id, addr) in handover {
             if let Some(pos) = leaving
                 .iter()
-                .position(|l| listeners.get(l).is_some_and(|(a, _)| *a == addr))
+                .position(|l| listeners.get(l).is_some_and(|(a, _)| clash(a, &addr)))
             {
                 let old = leaving.swap_remove(pos);
                 if let Some((_, l)) = listeners.remove(&old) {

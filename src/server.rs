@@ -454,7 +454,10 @@ async fn accept_loop<H: Handler>(
         .await
         .is_err()
     {
-        warn!(listener = %opts.name, "drain deadline passed; closing remaining connections");
+        warn!(
+            listener = %opts.name,
+            "drain deadline passed; connections still open are no longer waited for"
+        );
     }
     info!(listener = %opts.name, "stopped");
 }

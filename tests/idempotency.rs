@@ -542,13 +542,14 @@ async fn scope_is_service_method_and_path_and_reads_are_never_deduplicated() {
 #[tokio::test]
 async fn records_expire_after_ttl() {
     let h = Harness::new().await;
-    let g = h.gateway(&config(r#"ttl = "500ms""#), ENV).await;
+    // Long enough that two requests fit in it on a loaded 2-core machine.
+    let g = h.gateway(&config(r#"ttl = "2s""#), ENV).await;
     let addr = g.addr("checkout").await;
     post(addr, PI, "k-ttl", BODY).await;
     assert!(replayed(&post(addr, PI, "k-ttl", BODY).await));
     assert_eq!(h.upstream.count("POST", PI), 1);
     // Time itself is under test here: step just past the ttl.
-    tokio::time::sleep(Duration::from_millis(550)).await;
+    tokio::time::sleep(Duration::from_millis(2050)).await;
     let r = post(addr, PI, "k-ttl", BODY).await;
     assert!(!replayed(&r), "expired records are not replayed");
     assert_eq!(h.upstream.count("POST", PI), 2);

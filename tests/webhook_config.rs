@@ -144,7 +144,17 @@ fn forward_timeout_must_fit_paymongos_30_seconds() {
     let e = problems(&cfg("", &format!("{SECRETS}\nforward_timeout = \"30s\"")));
     assert!(e.contains("webhooks.endpoint[0].forward_timeout"), "{e}");
     assert!(e.contains("30"), "{e}");
-    assert!(parse(&cfg("", &format!("{SECRETS}\nforward_timeout = \"29s\""))).is_ok());
+    // read_timeout (default 10s) + forward_timeout must fit too.
+    let e = problems(&cfg("", &format!("{SECRETS}\nforward_timeout = \"25s\"")));
+    assert!(e.contains("read_timeout") && e.contains("30 s"), "{e}");
+    assert!(parse(&cfg("", &format!("{SECRETS}\nforward_timeout = \"19s\""))).is_ok());
+    assert!(
+        parse(&cfg(
+            "read_timeout = \"2s\"",
+            &format!("{SECRETS}\nforward_timeout = \"27s\"")
+        ))
+        .is_ok()
+    );
     assert!(
         problems(&cfg("", &format!("{SECRETS}\nforward_timeout = \"0s\"")))
             .contains("greater than 0")

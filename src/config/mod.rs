@@ -916,6 +916,23 @@ impl Builder<'_, '_> {
                 self.problem(k, line, format!("must be {what}"));
             }
         }
+        // PayMongo waits 30 s for the whole exchange: reading the delivery
+        // and forwarding it inward must fit, or it retries a delivery that
+        // is still being handled.
+        for (i, e) in endpoints.iter().enumerate() {
+            if e.signature == SignatureScheme::Paymongo
+                && read_timeout + e.forward_timeout >= PAYMONGO_DELIVERY_TIMEOUT
+            {
+                self.problem(
+                    format!("webhooks.endpoint[{i}].forward_timeout"),
+                    line,
+                    format!(
+                        "read_timeout ({read_timeout:?}) + forward_timeout ({:?}) must stay under PayMongo's 30 s delivery window",
+                        e.forward_timeout
+                    ),
+                );
+            }
+        }
         if !w.plaintext && tls.is_none() {
             return None;
         }
@@ -985,7 +1002,7 @@ impl Builder<'_, '_> {
     }
 }
 
-fn listeners_clash(a: &ListenAddr, b: &ListenAddr) -> bool {
+pub(crate) fn listeners_clash(a: &ListenAddr, b: &ListenAddr) -> bool {
     match (a, b) {
         (ListenAddr::Unix(x), ListenAddr::Unix(y)) => x == y,
         (ListenAddr::Tcp(x), ListenAddr::Tcp(y)) => {
