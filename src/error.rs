@@ -279,6 +279,10 @@ impl From<&crate::webhook::Rejection> for ApiError {
                 ErrorCode::ServiceUnavailable,
                 "webhooks are being reconfigured; retry later",
             ),
+            R::Busy => ApiError::new(
+                ErrorCode::ServiceUnavailable,
+                "too many deliveries are arriving at once; retry later",
+            ),
         }
     }
 }

@@ -90,6 +90,8 @@ pub enum WebhookOutcome {
     wrong_mode,
     /// No endpoint at that path, or wrong method.
     not_found,
+    /// Refused for load: too many bodies were being read at once.
+    busy,
 }
 
 const IDEMPOTENCY_OUTCOMES: [IdempotencyOutcome; 7] = [
@@ -102,7 +104,7 @@ const IDEMPOTENCY_OUTCOMES: [IdempotencyOutcome; 7] = [
     IdempotencyOutcome::invalid,
 ];
 
-const WEBHOOK_OUTCOMES: [WebhookOutcome; 9] = [
+const WEBHOOK_OUTCOMES: [WebhookOutcome; 10] = [
     WebhookOutcome::accepted,
     WebhookOutcome::bad_signature,
     WebhookOutcome::stale,
@@ -112,6 +114,7 @@ const WEBHOOK_OUTCOMES: [WebhookOutcome; 9] = [
     WebhookOutcome::forward_failed,
     WebhookOutcome::wrong_mode,
     WebhookOutcome::not_found,
+    WebhookOutcome::busy,
 ];
 
 /// Every metric the gateway exports.

@@ -4,7 +4,9 @@
 //! and one log line; neither ever carries the body, a signature or a secret.
 
 use std::sync::Arc;
+
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use tokio::sync::Semaphore;
 
 use bytes::Bytes;
 use http::header::{ALLOW, CONTENT_LENGTH, CONTENT_TYPE, HeaderValue};
@@ -77,6 +79,9 @@ pub enum Rejection {
     /// The configuration no longer has `[webhooks]`; this listener is draining (503).
     #[error("webhooks are no longer configured")]
     Disabled,
+    /// Too many bodies are being read at once (503; PayMongo retries).
+    #[error("too many deliveries are being read at once")]
+    Busy,
 }
 
 impl Rejection {
@@ -86,6 +91,7 @@ impl Rejection {
             Rejection::NotFound | Rejection::MethodNotAllowed(_) | Rejection::Disabled => {
                 WebhookOutcome::not_found
             }
+            Rejection::Busy => WebhookOutcome::busy,
             Rejection::BodyTooLarge { .. } => WebhookOutcome::too_large,
             Rejection::BodyRead(_) | Rejection::BodyTimeout(_) | Rejection::Event(_) => {
                 WebhookOutcome::malformed
@@ -129,12 +135,22 @@ struct Trace {
 #[derive(Clone)]
 pub struct WebhookHandler {
     shared: Arc<Shared>,
+    body_reads: Arc<Semaphore>,
 }
+
+/// Bodies read at once, at most. Deliveries are unauthenticated until their
+/// body is read, so this bounds what strangers can make the gateway buffer:
+/// at most `MAX_BODY_READS × max_body` (64 MiB at the 1 MiB default).
+/// PayMongo delivers far fewer events at a time than this.
+const MAX_BODY_READS: usize = 64;
 
 impl WebhookHandler {
     /// A handler over the gateway's shared state.
     pub fn new(shared: Arc<Shared>) -> Self {
-        Self { shared }
+        Self {
+            shared,
+            body_reads: Arc::new(Semaphore::new(MAX_BODY_READS)),
+        }
     }
 }
 
@@ -189,7 +205,14 @@ impl WebhookHandler {
             return Err(Rejection::MethodNotAllowed(req.method().clone()));
         }
         let (parts, body) = req.into_parts();
-        let body = read_body(body, &parts.headers, rt.max_body, rt.read_timeout).await?;
+        // Wait for a slot no longer than a body may take to arrive.
+        let slot = tokio::time::timeout(rt.read_timeout, self.body_reads.acquire())
+            .await
+            .map_err(|_| Rejection::Busy)?
+            .map_err(|_| Rejection::Busy)?;
+        let body = read_body(body, &parts.headers, rt.max_body, rt.read_timeout).await;
+        drop(slot);
+        let body = body?;
         let header = signature::header_value(&parts.headers)?;
         let verified = ep
             .verifier
