@@ -44,6 +44,12 @@ struct ResultLabel {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct StoreErrorLabels {
+    store: &'static str,
+    op: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct KindLabel {
     kind: &'static str,
 }
@@ -101,6 +107,7 @@ pub struct Metrics {
     idempotency: Family<OutcomeLabel, Counter>,
     webhooks: Family<ReasonLabel, Counter>,
     reloads: Family<ResultLabel, Counter>,
+    store_errors: Family<StoreErrorLabels, Counter>,
     generation: Gauge,
 }
 
@@ -133,6 +140,7 @@ impl Metrics {
         let idempotency = Family::<OutcomeLabel, Counter>::default();
         let webhooks = Family::<ReasonLabel, Counter>::default();
         let reloads = Family::<ResultLabel, Counter>::default();
+        let store_errors = Family::<StoreErrorLabels, Counter>::default();
         let generation = Gauge::default();
         registry.register(
             "requests",
@@ -165,6 +173,12 @@ impl Metrics {
             reloads.clone(),
         );
         registry.register(
+            "store_errors",
+            "Shared-state store operations that failed or timed out, by store \
+             (idempotency, events) and operation",
+            store_errors.clone(),
+        );
+        registry.register(
             "config_generation",
             "Generation of the configuration in use (1 at start, +1 per successful reload)",
             generation.clone(),
@@ -177,8 +191,14 @@ impl Metrics {
             idempotency,
             webhooks,
             reloads,
+            store_errors,
             generation,
         }
+    }
+
+    /// A handle the state stores count their failures with.
+    pub fn store_errors(&self) -> StoreErrors {
+        StoreErrors(self.store_errors.clone())
     }
 
     /// Handles for one service's hot-path metrics.
@@ -247,6 +267,19 @@ impl Metrics {
     }
 }
 
+/// Counts failed store operations (`store_errors_total`). Cheap to clone;
+/// every clone feeds the same family. A default handle counts into a family
+/// no registry exports (store tests and benches).
+#[derive(Clone, Debug, Default)]
+pub struct StoreErrors(Family<StoreErrorLabels, Counter>);
+
+impl StoreErrors {
+    /// Counts one failed `op` (`claim`, `complete`, `release`, `ping`, ...) on `store`.
+    pub fn inc(&self, store: &'static str, op: &'static str) {
+        self.0.get_or_create(&StoreErrorLabels { store, op }).inc();
+    }
+}
+
 /// Pre-resolved counters for one service.
 #[derive(Clone, Debug)]
 pub struct ServiceMetrics(Arc<ServiceMetricsInner>);
@@ -283,6 +316,7 @@ mod tests {
         m.idempotency(IdempotencyOutcome::replay);
         m.webhook(WebhookOutcome::bad_signature);
         m.reload(false);
+        m.store_errors().inc("idempotency", "claim");
         m.set_generation(3);
         let text = m.encode();
         assert!(
@@ -296,5 +330,10 @@ mod tests {
         assert!(text.contains("paymongo_gateway_webhooks_total{reason=\"bad_signature\"} 1"));
         assert!(text.contains("paymongo_gateway_reloads_total{result=\"failure\"} 1"));
         assert!(text.contains("paymongo_gateway_config_generation 3"));
+        assert!(
+            text.contains(
+                "paymongo_gateway_store_errors_total{store=\"idempotency\",op=\"claim\"} 1"
+            )
+        );
     }
 }
