@@ -385,7 +385,10 @@ pub async fn decide(
         let settled = match outcome {
             Ok(ClaimOutcome::Claimed) => return Ok(Decision::Execute(guard)),
             Err(e) => {
-                guard.disarm();
+                // The guard stays armed: a claim that timed out may still
+                // have landed, and left alone it would block this key for a
+                // whole lease. Releasing is safe either way (only our claim).
+                drop(guard);
                 return match cfg.on_store_error {
                     OnStoreError::Forward => Ok(Decision::Bypass(e)),
                     OnStoreError::Reject => Err(Error::Store(e)),
