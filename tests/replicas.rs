@@ -628,6 +628,8 @@ async fn rediss_verifies_the_server_certificate() {
     let untrusted = replica_from(&h, &fresh_probes(h.config(&config(""))), &url).await;
     let r = readyz(untrusted.admin().await).await;
     assert_eq!(r.status, 503, "{:?}", r.json());
+    let check = r.json()["checks"]["store"].as_str().unwrap().to_owned();
+    assert!(check.contains("certificate"), "{check}");
     let addr = untrusted.addr("checkout").await;
     let k = unique("k-untrusted-");
     for _ in 0..2 {
