@@ -159,14 +159,19 @@ impl RedisBackend {
         self.bounded(script.invoke_async(&mut c)).await
     }
 
-    /// `PING` on every connection (readiness): all must answer.
+    /// `PING` on every connection at once (readiness): all must answer.
     pub async fn ping(&self) -> Result<(), BackendError> {
-        for c in self.conns.iter() {
+        let pings = self.conns.iter().map(|c| {
             let mut c = c.clone();
-            self.bounded(redis::cmd("PING").query_async::<()>(&mut c))
-                .await?;
-        }
-        Ok(())
+            async move {
+                self.bounded(redis::cmd("PING").query_async::<()>(&mut c))
+                    .await
+            }
+        });
+        futures_util::future::join_all(pings)
+            .await
+            .into_iter()
+            .collect()
     }
 
     async fn bounded<T>(

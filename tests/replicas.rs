@@ -339,6 +339,14 @@ async fn owner_killed_mid_flight_blocks_until_the_lease_expires_then_one_retry_e
     );
     let pa = p.listening("service checkout").await;
     let key = unique("k-killed-");
+    // The other replicas are up before the clock starts: a reject-mode one
+    // and a wait-mode one.
+    let reject = h
+        .config(&config("lease = \"3s\"\nin_flight = \"reject\""))
+        .replace("timeout = \"5s\"", "timeout = \"1s\"");
+    let b = replica_from(&h, &reject, &url).await;
+    let c = replica_from(&h, &cfg, &url).await;
+    let (ba, ca) = (b.addr("checkout").await, c.addr("checkout").await);
 
     let started = Instant::now();
     let k = key.clone();
@@ -361,17 +369,11 @@ async fn owner_killed_mid_flight_blocks_until_the_lease_expires_then_one_retry_e
     assert!(doomed.await.unwrap().is_err(), "the caller lost its answer");
 
     // The orphaned claim still holds the key: a reject-mode replica says so.
-    let reject = h
-        .config(&config("lease = \"3s\"\nin_flight = \"reject\""))
-        .replace("timeout = \"5s\"", "timeout = \"1s\"");
-    let b = replica_from(&h, &reject, &url).await;
-    let r = post(b.addr("checkout").await, key.clone(), BODY).await;
+    let r = post(ba, key.clone(), BODY).await;
     assert_eq!(r.status, 409, "{r:?}");
     assert!(started.elapsed() < lease, "the test itself was too slow");
 
     // Retries on a wait-mode replica wait the lease out; one executes.
-    let c = replica_from(&h, &cfg, &url).await;
-    let ca = c.addr("checkout").await;
     let mut retries: FuturesUnordered<_> = (0..5)
         .map(|_| tokio::spawn(post(ca, key.clone(), BODY)))
         .collect();
@@ -818,7 +820,8 @@ async fn an_expired_claim_is_taken_over_and_its_owner_can_no_longer_complete() {
     let (a, b) = (store(&url), store(&url));
     let id = identity(&unique("k-expire-"));
     let (oa, ob) = (OwnerId::new(), OwnerId::new());
-    let short = Duration::from_millis(300);
+    // Long enough that a loaded machine still gets b's claim in first.
+    let short = Duration::from_secs(1);
     assert!(matches!(
         a.claim(&id.key, &id.fingerprint, oa, short).await.unwrap(),
         ClaimOutcome::Claimed
