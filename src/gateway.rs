@@ -14,14 +14,16 @@ use tokio_util::task::TaskTracker;
 use tracing::{error, info, warn};
 
 use crate::admin::AdminHandler;
-use crate::config::{Config, ListenAddr, listeners_clash as clash};
-use crate::idempotency::{IdempotencyStore, StoreError};
-use crate::metrics::Metrics;
+use crate::config::{Config, IdempotencyConfig, ListenAddr, StoreKind, listeners_clash as clash};
+use crate::idempotency::{IdempotencyStore, MemoryStore, RedisStore, StoreError};
+use crate::metrics::{Metrics, StoreErrors};
 use crate::outbound::OutboundHandler;
+use crate::redis_backend::RedisBackend;
 use crate::reload::{BuildError, Snapshot};
 use crate::server::{self, Bound, BoundAddr, Listener, ServeOptions, TlsSource};
 use crate::webhook::WebhookHandler;
 use crate::webhook::dedupe::{EventStore, MemoryEventStore};
+use crate::webhook::redis_events::RedisEventStore;
 
 /// State that lives as long as the process and survives reloads.
 pub struct Shared {
@@ -39,8 +41,37 @@ pub struct Shared {
     /// reload never causes a duplicate inward delivery.
     pub events: Arc<dyn EventStore>,
     /// Idempotency claims and records. Built once from the first
-    /// configuration (`store`, `max_memory`): records survive reloads.
+    /// configuration (`store`, `max_memory`, `redis_*`): records survive reloads.
     pub idempotency: Arc<dyn IdempotencyStore>,
+}
+
+/// The idempotency store and the webhook event store, built together.
+pub type StateStores = (Arc<dyn IdempotencyStore>, Arc<dyn EventStore>);
+
+/// The process-lifetime state stores for `cfg.store`: both in this process,
+/// or both on one Redis (one set of connections, one readiness answer).
+/// Redis is not contacted here: see [`RedisBackend`].
+pub fn build_stores(
+    cfg: &IdempotencyConfig,
+    errors: StoreErrors,
+) -> Result<StateStores, StoreError> {
+    Ok(match cfg.store {
+        StoreKind::Memory => (
+            Arc::new(MemoryStore::new(cfg.max_memory)),
+            Arc::new(MemoryEventStore::new()),
+        ),
+        StoreKind::Redis => {
+            let backend = Arc::new(RedisBackend::new(cfg).map_err(StoreError::Unavailable)?);
+            (
+                Arc::new(RedisStore::new(
+                    backend.clone(),
+                    cfg.redis_cache,
+                    errors.clone(),
+                )),
+                Arc::new(RedisEventStore::new(backend, errors)),
+            )
+        }
+    })
 }
 
 impl Shared {
@@ -65,10 +96,40 @@ impl Shared {
 
     /// Whether the shared state stores (idempotency records, seen events) answer.
     pub(crate) async fn store_ready(&self) -> Result<(), String> {
-        self.idempotency
-            .ping()
-            .await
-            .map_err(|e| format!("idempotency store: {e}"))
+        let (idem, events) = tokio::join!(self.idempotency.ping(), self.events.ping());
+        // Each error names its store and where it lives (`redis host:port`).
+        let problems: Vec<String> = [
+            idem.err().map(|e| e.to_string()),
+            events.err().map(|e| format!("webhook {e}")),
+        ]
+        .into_iter()
+        .flatten()
+        .collect();
+        if problems.is_empty() {
+            Ok(())
+        } else {
+            Err(problems.join("; "))
+        }
+    }
+
+    /// Says at start whether the shared store answers. An unreachable Redis
+    /// does not stop the gateway: `on_store_error` decides what requests
+    /// get, `/readyz` reports it, and the connection heals when Redis is back.
+    async fn check_store_at_start(&self) {
+        if self.idempotency.kind() == "memory" {
+            return;
+        }
+        match self.idempotency.ping().await {
+            Ok(()) => info!(
+                store = self.idempotency.kind(),
+                "shared state store reachable"
+            ),
+            Err(e) => warn!(
+                store = self.idempotency.kind(),
+                error = %e,
+                "shared state store unreachable at start; serving anyway per on_store_error"
+            ),
+        }
     }
 
     pub(crate) fn publish(&self, snap: Snapshot) {
@@ -147,7 +208,7 @@ impl Gateway {
         let snap = Snapshot::build(config, 1, None, &metrics)?;
         metrics.set_generation(snap.generation);
         let generation = watch::channel(snap.generation).0;
-        let idempotency = crate::idempotency::build_store(&snap.config.idempotency)?;
+        let (idempotency, events) = build_stores(&snap.config.idempotency, metrics.store_errors())?;
         let shared = Arc::new(Shared {
             state: ArcSwap::from_pointee(snap),
             generation,
@@ -155,9 +216,10 @@ impl Gateway {
             metrics,
             tasks: TaskTracker::new(),
             readiness: Mutex::new(None),
-            events: Arc::new(MemoryEventStore::new()),
+            events,
             idempotency,
         });
+        shared.check_store_at_start().await;
         let gw = Gateway {
             shared,
             listeners: Mutex::new(HashMap::new()),

@@ -6,8 +6,9 @@
 //! owns sockets and connections; [`reload`] holds the swappable snapshot;
 //! [`gateway`] ties listeners to snapshots; [`idempotency`] deduplicates
 //! retried writes; [`webhook`] verifies and forwards PayMongo's event
-//! deliveries; [`admin`] and [`metrics`] are the operator's view; [`error`]
-//! is the one place errors become responses.
+//! deliveries; [`redis_backend`] is the Redis connection both share when
+//! several replicas run; [`admin`] and [`metrics`] are the operator's view;
+//! [`error`] is the one place errors become responses.
 
 pub mod admin;
 pub mod cli;
@@ -19,6 +20,7 @@ pub mod idempotency;
 pub mod log;
 pub mod metrics;
 pub mod outbound;
+pub mod redis_backend;
 pub mod reload;
 pub mod server;
 pub mod tls;

@@ -44,6 +44,12 @@ struct ResultLabel {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct StoreErrorLabels {
+    store: &'static str,
+    op: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct KindLabel {
     kind: &'static str,
 }
@@ -124,6 +130,7 @@ pub struct Metrics {
     upstream_latency: Family<ServiceLabel, Histogram>,
     upstream_errors: Family<KindLabel, Counter>,
     reloads: Family<ResultLabel, Counter>,
+    store_errors: Family<StoreErrorLabels, Counter>,
     generation: Gauge,
     // Closed label sets, resolved once: the hot path only increments.
     idempotency_by_outcome: [Counter; IDEMPOTENCY_OUTCOMES.len()],
@@ -159,6 +166,7 @@ impl Metrics {
         let idempotency = Family::<OutcomeLabel, Counter>::default();
         let webhooks = Family::<ReasonLabel, Counter>::default();
         let reloads = Family::<ResultLabel, Counter>::default();
+        let store_errors = Family::<StoreErrorLabels, Counter>::default();
         let generation = Gauge::default();
         registry.register(
             "requests",
@@ -191,6 +199,12 @@ impl Metrics {
             reloads.clone(),
         );
         registry.register(
+            "store_errors",
+            "Shared-state store operations that failed or timed out, by store \
+             (idempotency, events) and operation",
+            store_errors.clone(),
+        );
+        registry.register(
             "config_generation",
             "Generation of the configuration in use (1 at start, +1 per successful reload)",
             generation.clone(),
@@ -207,10 +221,16 @@ impl Metrics {
             upstream_latency,
             upstream_errors,
             reloads,
+            store_errors,
             generation,
             idempotency_by_outcome,
             webhooks_by_reason,
         }
+    }
+
+    /// A handle the state stores count their failures with.
+    pub fn store_errors(&self) -> StoreErrors {
+        StoreErrors(self.store_errors.clone())
     }
 
     /// Handles for one service's hot-path metrics.
@@ -281,6 +301,19 @@ impl Metrics {
     }
 }
 
+/// Counts failed store operations (`store_errors_total`). Cheap to clone;
+/// every clone feeds the same family. A default handle counts into a family
+/// no registry exports (store tests and benches).
+#[derive(Clone, Debug, Default)]
+pub struct StoreErrors(Family<StoreErrorLabels, Counter>);
+
+impl StoreErrors {
+    /// Counts one failed `op` (`claim`, `complete`, `release`, `ping`, ...) on `store`.
+    pub fn inc(&self, store: &'static str, op: &'static str) {
+        self.0.get_or_create(&StoreErrorLabels { store, op }).inc();
+    }
+}
+
 /// Pre-resolved counters for one service.
 #[derive(Clone, Debug)]
 pub struct ServiceMetrics(Arc<ServiceMetricsInner>);
@@ -317,6 +350,7 @@ mod tests {
         m.idempotency(IdempotencyOutcome::replay);
         m.webhook(WebhookOutcome::bad_signature);
         m.reload(false);
+        m.store_errors().inc("idempotency", "claim");
         m.set_generation(3);
         let text = m.encode();
         assert!(
@@ -330,5 +364,10 @@ mod tests {
         assert!(text.contains("paymongo_gateway_webhooks_total{reason=\"bad_signature\"} 1"));
         assert!(text.contains("paymongo_gateway_reloads_total{result=\"failure\"} 1"));
         assert!(text.contains("paymongo_gateway_config_generation 3"));
+        assert!(
+            text.contains(
+                "paymongo_gateway_store_errors_total{store=\"idempotency\",op=\"claim\"} 1"
+            )
+        );
     }
 }

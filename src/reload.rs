@@ -11,7 +11,8 @@
 //! Reloadable: services (keys, allowlists, limits, listeners added, removed
 //! or moved), upstream settings, idempotency policy, webhook endpoints,
 //! secrets and certificates, admin settings, log level. Not reloadable
-//! (restart needed): the idempotency store kind and Redis URL, log format.
+//! (restart needed, and a reload that changes them says so in a warning):
+//! the idempotency store (`store`, `max_memory`, `redis_*`), log format.
 
 use std::collections::{HashMap, HashSet};
 use std::path::{Path, PathBuf};
@@ -149,6 +150,13 @@ async fn try_reload(gw: &Gateway, path: &Path) -> Result<u64, ReloadError> {
             source: std::io::Error::other(e),
         })??;
     let current = gw.snapshot();
+    let pending = restart_only_changes(&current.config.idempotency, &config.idempotency);
+    if !pending.is_empty() {
+        warn!(
+            keys = %pending.join(", "),
+            "these [idempotency] keys only take effect after a restart; the running store keeps its settings"
+        );
+    }
     // Rebuilding the filter invalidates every callsite's cached interest
     // (a global re-registration): only do it when the level changed.
     let level = (config.log.level != current.config.log.level).then(|| config.log.level.clone());
@@ -165,6 +173,33 @@ async fn try_reload(gw: &Gateway, path: &Path) -> Result<u64, ReloadError> {
         crate::log::set_level(&level);
     }
     Ok(generation)
+}
+
+/// The start-time-only `[idempotency]` keys (the store outlives reloads)
+/// that differ between `old` and `new`.
+fn restart_only_changes(
+    old: &crate::config::IdempotencyConfig,
+    new: &crate::config::IdempotencyConfig,
+) -> Vec<&'static str> {
+    use secrecy::ExposeSecret;
+    let url = |c: &crate::config::IdempotencyConfig| {
+        c.redis_url.as_ref().map(|u| u.expose_secret().to_owned())
+    };
+    [
+        ("store", old.store != new.store),
+        ("max_memory", old.max_memory != new.max_memory),
+        ("redis_url", url(old) != url(new)),
+        ("redis_timeout", old.redis_timeout != new.redis_timeout),
+        (
+            "redis_connections",
+            old.redis_connections != new.redis_connections,
+        ),
+        ("redis_ca_file", old.redis_ca_pem != new.redis_ca_pem),
+        ("redis_cache", old.redis_cache != new.redis_cache),
+    ]
+    .into_iter()
+    .filter_map(|(k, changed)| changed.then_some(k))
+    .collect()
 }
 
 /// How long the watcher waits for a burst of file events to settle.

@@ -213,6 +213,41 @@ fn idempotency_lease_must_outlive_the_upstream_timeout() {
 }
 
 #[test]
+fn redis_urls_that_leak_a_password_or_skip_verification_are_refused() {
+    let idem = |lines: &str| {
+        format!(
+            "{}\n[idempotency]\nstore = \"redis\"\n{lines}\n",
+            service("test", "secret_key = { env = \"SK_TEST\" }")
+        )
+    };
+    // A password in a literal URL, in either place a URL can carry one.
+    for url in [
+        "redis://:hunter2-pw@10.0.0.5:6379",
+        "redis+unix:///run/redis.sock?db=1&pass=hunter2-pw",
+    ] {
+        let s = err(&idem(&format!("redis_url = \"{url}\"")));
+        assert!(s.contains("idempotency.redis_url"), "{s}");
+        assert!(s.contains("{ env = "), "says how to fix it: {s}");
+        assert!(!s.contains("hunter2"), "the password is not echoed: {s}");
+    }
+    let s = err(&idem("redis_url = \"rediss://10.0.0.5:6380/#insecure\""));
+    assert!(s.contains("always verified"), "{s}");
+    let s = err(&idem("redis_url = \"redis://\""));
+    assert!(s.contains("not a usable Redis URL"), "{s}");
+    let s = err(&idem(""));
+    assert!(s.contains("required when store = \"redis\""), "{s}");
+    // Usable ones.
+    for url in [
+        "redis://10.0.0.5:6379/2",
+        "rediss://redis.internal:6380",
+        "redis+unix:///run/redis.sock?db=1",
+    ] {
+        let c = parse(&idem(&format!("redis_url = \"{url}\""))).unwrap();
+        assert!(c.idempotency.redis_url.is_some(), "{url}");
+    }
+}
+
+#[test]
 fn all_problems_are_reported_at_once() {
     let text = "mode = \"test\"\n\
         [[service]]\nname = \"a\"\nlisten = \"0.0.0.0:1\"\nsecret_key = { env = \"SK_LIVE\" }\n\

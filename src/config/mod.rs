@@ -177,8 +177,10 @@ pub struct LogConfig {
     pub level: String,
 }
 
-/// `[idempotency]`. `store` and `max_memory` are read once at start (the
-/// store outlives reloads); the rest applies per request and reloads.
+/// `[idempotency]`. `store`, `max_memory` and the `redis_*` keys are read
+/// once at start (the store outlives reloads); the rest applies per request
+/// and reloads. With `store = "redis"` the same Redis also holds the seen
+/// webhook event ids: it is the gateway's one shared-state backend.
 #[derive(Clone, Debug)]
 pub struct IdempotencyConfig {
     /// `store`: `"memory"` or `"redis"`. Default `"memory"`.
@@ -208,8 +210,22 @@ pub struct IdempotencyConfig {
     /// `redis_url` (required when `store = "redis"`): a URL without a password,
     /// or `{ env = .. }` / `{ file = .. }`. `rediss://` for TLS.
     pub redis_url: Option<SecretString>,
-    /// `redis_timeout`: per-command and connect limit for Redis. Default `"1s"`.
+    /// `redis_timeout`: limit for each Redis command (including waiting for
+    /// a connection) and for each connection attempt. Duration. Default `"1s"`.
     pub redis_timeout: StdDuration,
+    /// `redis_connections`: multiplexed connections to Redis, each pipelining
+    /// any number of concurrent commands; commands are spread round-robin.
+    /// Count, 1 to 64. Default `2`.
+    pub redis_connections: u32,
+    /// `redis_ca_file`: PEM trust anchors for a `rediss://` server with a
+    /// private CA. When set, Redis certificates are verified against these
+    /// *instead of* the webpki roots. Default none (webpki roots).
+    pub redis_ca_file: Option<PathBuf>,
+    /// The PEM text read from `redis_ca_file`.
+    pub redis_ca_pem: Option<Vec<u8>>,
+    /// `redis_cache`: byte bound of the in-process cache of completed records
+    /// in front of Redis (`"0B"` disables it). Bytes. Default `"16MiB"`.
+    pub redis_cache: u64,
 }
 
 /// A TLS certificate chain and its private key, read from PEM files.
@@ -682,6 +698,19 @@ impl Builder<'_, '_> {
                             line,
                             "expected a redis://, rediss:// or unix:// URL",
                         );
+                    } else if s.contains('#') {
+                        self.problem(
+                            "idempotency.redis_url",
+                            line,
+                            "URL fragments such as #insecure are not supported: Redis TLS certificates are always verified (use redis_ca_file for a private CA)",
+                        );
+                    } else if let Err(e) = redis::IntoConnectionInfo::into_connection_info(s) {
+                        // Only the error kind: the message could quote the URL.
+                        self.problem(
+                            "idempotency.redis_url",
+                            line,
+                            format!("not a usable Redis URL ({:?})", e.kind()),
+                        );
                     }
                 }
                 url
@@ -692,6 +721,47 @@ impl Builder<'_, '_> {
             .map_or(StdDuration::from_secs(24 * 3600), Duration::get);
         if ttl.is_zero() {
             self.problem("idempotency.ttl", None, "must be greater than 0");
+        }
+        let redis_connections = r.redis_connections.unwrap_or(2);
+        if !(1..=64).contains(&redis_connections) {
+            self.problem(
+                "idempotency.redis_connections",
+                None,
+                format!("{redis_connections} is out of range; expected 1 to 64"),
+            );
+        }
+        let redis_timeout = r
+            .redis_timeout
+            .map_or(StdDuration::from_secs(1), Duration::get);
+        if redis_timeout.is_zero() {
+            self.problem(
+                "idempotency.redis_timeout",
+                None,
+                "must be greater than 0, or a dead Redis could hang requests",
+            );
+        }
+        let redis_ca_file = r.redis_ca_file.as_deref().map(|p| self.path(p));
+        let mut redis_ca_pem = None;
+        if let Some(path) = &redis_ca_file {
+            self.files.push(path.clone());
+            let tls = redis_url
+                .as_ref()
+                .is_some_and(|u| u.expose_secret().starts_with("rediss://"));
+            if !tls {
+                self.problem(
+                    "idempotency.redis_ca_file",
+                    None,
+                    "only applies to a rediss:// (TLS) redis_url",
+                );
+            }
+            // Parsed here so a bad file is a configuration error, not a
+            // connection failure later; Redis gets the PEM text itself.
+            match crate::tls::load_certs(path).and_then(|_| {
+                std::fs::read(path).map_err(|e| format!("cannot read {}: {e}", path.display()))
+            }) {
+                Ok(pem) => redis_ca_pem = Some(pem),
+                Err(e) => self.problem("idempotency.redis_ca_file", None, e),
+            }
         }
         let max_memory = r.max_memory.map_or(64 << 20, ByteSize::bytes);
         let max_response = r.max_response.map_or(1 << 20, ByteSize::bytes);
@@ -723,9 +793,11 @@ impl Builder<'_, '_> {
             lease,
             on_store_error: r.on_store_error.unwrap_or_default(),
             redis_url,
-            redis_timeout: r
-                .redis_timeout
-                .map_or(StdDuration::from_secs(1), Duration::get),
+            redis_timeout,
+            redis_connections,
+            redis_ca_file,
+            redis_ca_pem,
+            redis_cache: r.redis_cache.map_or(16 << 20, ByteSize::bytes),
         })
     }
 
@@ -1014,10 +1086,19 @@ pub(crate) fn listeners_clash(a: &ListenAddr, b: &ListenAddr) -> bool {
     }
 }
 
+/// Whether a Redis URL carries a password: user info in the authority
+/// (`redis://:pw@host`), or a `pass=` query parameter (how `redis+unix://`
+/// URLs carry one).
 fn redis_url_has_password(url: &str) -> bool {
-    url.split_once("://")
-        .map(|(_, rest)| rest.split(['/', '?']).next().unwrap_or("").contains('@'))
-        .unwrap_or(false)
+    let Some((_, rest)) = url.split_once("://") else {
+        return false;
+    };
+    let in_authority = rest.split(['/', '?']).next().unwrap_or("").contains('@');
+    let in_query = rest.split_once('?').is_some_and(|(_, q)| {
+        q.split('&')
+            .any(|kv| kv.split('=').next().is_some_and(|k| k == "pass"))
+    });
+    in_authority || in_query
 }
 
 /// `forward_to` must be absolute http(s); plain http only to loopback or over a Unix socket.

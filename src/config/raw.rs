@@ -72,6 +72,9 @@ pub(super) struct RawIdempotency {
     pub on_store_error: Option<super::OnStoreError>,
     pub redis_url: Option<Spanned<RedisUrlRef>>,
     pub redis_timeout: Option<Duration>,
+    pub redis_connections: Option<u32>,
+    pub redis_ca_file: Option<String>,
+    pub redis_cache: Option<ByteSize>,
 }
 
 /// `redis_url` may be a literal URL without a password, or a secret reference.

@@ -1,7 +1,8 @@
 //! Idempotency: one upstream execution per `Idempotency-Key`, exact replays.
 //!
-//! This module owns the *semantics*; [`store`] owns the storage contract and
-//! [`memory`] the in-process store. The semantics are:
+//! This module owns the *semantics*; [`store`] owns the storage contract,
+//! [`memory`] the in-process store and [`redis`] the store several replicas
+//! share. The semantics are:
 //!
 //! * **Which requests**: methods in `idempotency.methods` (default `POST`)
 //!   that carry `Idempotency-Key`. Reads are never deduplicated; requests
@@ -20,6 +21,7 @@
 //! the upstream call.
 
 pub mod memory;
+pub mod redis;
 pub mod store;
 
 use std::sync::Arc;
@@ -32,9 +34,10 @@ use sha2::{Digest, Sha256};
 use tokio_util::task::TaskTracker;
 use tracing::warn;
 
-use crate::config::{IdempotencyConfig, InFlight, OnStoreError, StoreKind};
+use crate::config::{IdempotencyConfig, InFlight, OnStoreError};
 use crate::log::Abbrev;
 pub use memory::MemoryStore;
+pub use redis::RedisStore;
 pub use store::{
     ClaimOutcome, Fingerprint, IdempotencyStore, OwnerId, Record, RecordKey, Settled, StoreError,
     StoredResponse,
@@ -64,16 +67,6 @@ pub enum Error {
     /// The store failed and `on_store_error = "reject"`.
     #[error(transparent)]
     Store(#[from] StoreError),
-}
-
-/// Builds the process-lifetime store for `cfg.store`.
-pub fn build_store(cfg: &IdempotencyConfig) -> Result<Arc<dyn IdempotencyStore>, StoreError> {
-    match cfg.store {
-        StoreKind::Memory => Ok(Arc::new(MemoryStore::new(cfg.max_memory))),
-        // Refuse rather than silently fall back to per-process memory: with
-        // several replicas that would quietly stop deduplicating.
-        StoreKind::Redis => Err(StoreError::Unsupported("redis")),
-    }
 }
 
 /// The validated key of a request, borrowed from its header.
@@ -385,7 +378,10 @@ pub async fn decide(
         let settled = match outcome {
             Ok(ClaimOutcome::Claimed) => return Ok(Decision::Execute(guard)),
             Err(e) => {
-                guard.disarm();
+                // The guard stays armed: a claim that timed out may still
+                // have landed, and left alone it would block this key for a
+                // whole lease. Releasing is safe either way (only our claim).
+                drop(guard);
                 return match cfg.on_store_error {
                     OnStoreError::Forward => Ok(Decision::Bypass(e)),
                     OnStoreError::Reject => Err(Error::Store(e)),
@@ -544,13 +540,50 @@ mod tests {
     }
 
     #[test]
-    fn redis_is_refused_until_it_exists() {
+    fn redis_keys_have_defaults_and_bounds() {
         let c = config("store = \"redis\"\nredis_url = \"redis://127.0.0.1:6379\"");
-        assert!(matches!(
-            build_store(&c),
-            Err(StoreError::Unsupported("redis"))
+        assert_eq!(c.store, crate::config::StoreKind::Redis);
+        assert_eq!(c.redis_timeout, std::time::Duration::from_secs(1));
+        assert_eq!((c.redis_connections, c.redis_cache), (2, 16 << 20));
+        assert!(c.redis_ca_file.is_none());
+        let c = config(
+            "store = \"redis\"\nredis_url = \"redis://h\"\nredis_connections = 4\n\
+             redis_cache = \"0B\"\nredis_timeout = \"250ms\"",
+        );
+        assert_eq!((c.redis_connections, c.redis_cache), (4, 0));
+        assert_eq!(c.redis_timeout, std::time::Duration::from_millis(250));
+        for (extra, key) in [
+            ("redis_connections = 0", "idempotency.redis_connections"),
+            ("redis_connections = 65", "idempotency.redis_connections"),
+            ("redis_timeout = \"0s\"", "idempotency.redis_timeout"),
+            (
+                "redis_ca_file = \"/nonexistent/ca.pem\"",
+                "idempotency.redis_ca_file",
+            ),
+        ] {
+            let e = try_config(&format!(
+                "store = \"redis\"\nredis_url = \"redis://h\"\n{extra}"
+            ))
+            .unwrap_err()
+            .to_string();
+            assert!(e.contains(key), "{extra}: {e}");
+        }
+        // A CA file only makes sense with TLS.
+        let dir = tempfile::tempdir().unwrap();
+        let ca = rcgen::generate_simple_self_signed(vec!["localhost".into()]).unwrap();
+        let path = dir.path().join("ca.pem");
+        std::fs::write(&path, ca.cert.pem()).unwrap();
+        let line = format!("redis_ca_file = \"{}\"", path.display());
+        let e = try_config(&format!(
+            "store = \"redis\"\nredis_url = \"redis://h\"\n{line}"
+        ))
+        .unwrap_err()
+        .to_string();
+        assert!(e.contains("rediss://"), "{e}");
+        let c = config(&format!(
+            "store = \"redis\"\nredis_url = \"rediss://h\"\n{line}"
         ));
-        assert_eq!(build_store(&config("")).unwrap().kind(), "memory");
+        assert!(c.redis_ca_pem.is_some_and(|p| p.starts_with(b"-----BEGIN")));
     }
 
     #[test]

@@ -180,9 +180,6 @@ pub enum StoreError {
     /// The backend did not answer in time.
     #[error("idempotency store timed out after {0:?}")]
     Timeout(Duration),
-    /// The configured store kind is not part of this build.
-    #[error("idempotency store `{0}` is not available in this build")]
-    Unsupported(&'static str),
 }
 
 /// Storage for idempotency claims and records. Each method is one atomic

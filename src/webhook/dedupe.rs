@@ -10,9 +10,10 @@
 //! releases its claim, so the retry forwards again. Only an inward 2xx turns
 //! a claim into *delivered*.
 //!
-//! The store sits behind [`EventStore`] so a shared implementation (Redis,
-//! `SET key token NX PX lease`, then `SET key delivered PX ttl`) can replace
-//! the in-process one for several replicas without touching the receiver.
+//! The store sits behind [`EventStore`]: [`MemoryEventStore`] here for one
+//! gateway, and [`super::redis_events::RedisEventStore`] (`SET key token NX
+//! PX lease`, then `SET key delivered PX ttl`) for several replicas sharing
+//! Redis, used when `[idempotency] store = "redis"`.
 //! Only ids of events whose signature verified ever reach the store, so
 //! unauthenticated traffic cannot fill it.
 
@@ -49,6 +50,10 @@ pub struct StoreError(pub String);
 /// Keys are opaque strings built by the receiver (endpoint path + event id).
 #[async_trait]
 pub trait EventStore: Send + Sync + 'static {
+    /// Short name for logs and readiness (`memory`, `redis`).
+    fn kind(&self) -> &'static str {
+        "memory"
+    }
     /// Claims `key` for `lease` unless it is delivered or claimed (and unexpired).
     async fn claim(&self, key: &str, lease: Duration) -> Result<Claim, StoreError>;
     /// Records `key` as delivered for `ttl`, whoever holds the claim now:
@@ -61,6 +66,10 @@ pub trait EventStore: Send + Sync + 'static {
     ) -> Result<(), StoreError>;
     /// Drops the claim if `token` still holds it, so a retry may forward.
     async fn release(&self, key: &str, token: ClaimToken) -> Result<(), StoreError>;
+    /// Checks that the store answers (readiness). In-process stores always do.
+    async fn ping(&self) -> Result<(), StoreError> {
+        Ok(())
+    }
 }
 
 #[derive(Clone, Debug)]

@@ -32,6 +32,7 @@ pub mod dedupe;
 pub mod event;
 pub mod forward;
 pub mod receiver;
+pub mod redis_events;
 pub mod signature;
 pub mod tools;
 

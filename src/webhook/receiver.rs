@@ -243,7 +243,9 @@ impl WebhookHandler {
     ) -> Result<Accepted, Rejection> {
         // Scoped by endpoint: two PayMongo webhooks may carry the same event
         // to two endpoints (two inward services), and each must get it.
-        let key = format!("{}\n{}", ep.path, event.id);
+        // Event ids have no `:`, so the last one separates the two parts
+        // (the Redis store uses this as `pmgw:evt:<path>:<id>`).
+        let key = format!("{}:{}", ep.path, event.id);
         let store = self.shared.events.clone();
         let lease = ep.forwarder.timeout() + LEASE_MARGIN;
         let token = match store.claim(&key, lease).await {

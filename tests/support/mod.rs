@@ -8,6 +8,7 @@ pub mod ca;
 pub mod client;
 pub mod gw;
 pub mod inward;
+pub mod redis_server;
 pub mod upstream;
 pub mod webhook;
 
