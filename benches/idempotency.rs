@@ -34,6 +34,7 @@ fn identity(n: u64) -> Identity {
     let hv = HeaderValue::from_str(&format!("order-{n}")).unwrap();
     Identity {
         key: idempotency::record_key(
+            paymongo_gateway::config::Mode::Test,
             "checkout",
             &Method::POST,
             "/v1/payment_intents",
@@ -150,6 +151,7 @@ fn semantics(c: &mut Criterion) {
     g.bench_function("identify", |bn| {
         bn.iter(|| {
             let view = RequestView {
+                mode: paymongo_gateway::config::Mode::Test,
                 service: "checkout",
                 method: &Method::POST,
                 path: "/v1/payment_intents",

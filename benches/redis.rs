@@ -49,6 +49,7 @@ fn identity(run: u128, n: u64) -> Identity {
     let hv = HeaderValue::from_str(&format!("bench-{run:x}-{n}")).unwrap();
     Identity {
         key: idempotency::record_key(
+            paymongo_gateway::config::Mode::Test,
             "checkout",
             &Method::POST,
             "/v1/payment_intents",

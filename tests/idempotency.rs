@@ -607,6 +607,7 @@ fn identity(n: u32) -> Identity {
     let hv = HeaderValue::from_str(&format!("key-{n}")).unwrap();
     Identity {
         key: idempotency::record_key(
+            paymongo_gateway::config::Mode::Test,
             "checkout",
             &Method::POST,
             PI,

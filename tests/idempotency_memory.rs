@@ -53,6 +53,7 @@ async fn drive(store: &Arc<MemoryStore>, from: u64, to: u64) {
         let k = format!("order-{i}");
         let hv = HeaderValue::from_str(&k).unwrap();
         let key = idempotency::record_key(
+            paymongo_gateway::config::Mode::Test,
             "checkout",
             &Method::POST,
             "/v1/payment_intents",

@@ -274,6 +274,7 @@ async fn the_other_replica_replays_and_a_changed_body_is_422_on_both() {
     // configured ttl, and no trace of the raw key.
     let hv = HeaderValue::from_str(&key).unwrap();
     let rk = idempotency::record_key(
+        paymongo_gateway::config::Mode::Test,
         "checkout",
         &Method::POST,
         PI,
@@ -731,6 +732,7 @@ fn identity(key: &str) -> Identity {
     let hv = HeaderValue::from_str(key).unwrap();
     Identity {
         key: idempotency::record_key(
+            paymongo_gateway::config::Mode::Test,
             "checkout",
             &Method::POST,
             PI,

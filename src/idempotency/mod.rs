@@ -34,7 +34,7 @@ use sha2::{Digest, Sha256};
 use tokio_util::task::TaskTracker;
 use tracing::warn;
 
-use crate::config::{IdempotencyConfig, InFlight, OnStoreError};
+use crate::config::{IdempotencyConfig, InFlight, Mode, OnStoreError};
 use crate::log::Abbrev;
 pub use memory::MemoryStore;
 pub use redis::RedisStore;
@@ -105,6 +105,8 @@ pub struct Identity {
 /// The request as the idempotency layer sees it.
 #[derive(Clone, Copy, Debug)]
 pub struct RequestView<'a> {
+    /// Test or live: part of the scope.
+    pub mode: Mode,
     /// Service name (the listener the request arrived on).
     pub service: &'a str,
     /// Request method.
@@ -138,7 +140,7 @@ pub fn identify(cfg: &IdempotencyConfig, req: &RequestView<'_>) -> Result<Option
         .get(header::CONTENT_TYPE)
         .map(HeaderValue::as_bytes);
     Ok(Some(Identity {
-        key: record_key(req.service, req.method, req.path, key),
+        key: record_key(req.mode, req.service, req.method, req.path, key),
         fingerprint: fingerprint(content_type, req.query, req.body),
     }))
 }
@@ -155,9 +157,24 @@ fn put_field(h: &mut Sha256, field: &[u8]) {
 
 /// The store key of a scope. Fields are length-prefixed, so no two scopes
 /// can hash the same input.
-pub fn record_key(service: &str, method: &Method, path: &str, key: Key<'_>) -> RecordKey {
+pub fn record_key(
+    mode: Mode,
+    service: &str,
+    method: &Method,
+    path: &str,
+    key: Key<'_>,
+) -> RecordKey {
     let mut h = Sha256::new();
     h.update(b"paymongo-gateway/idempotency/scope/v1\0");
+    // Test and live never share records, even through one Redis database
+    // or across a reload that switches `mode`.
+    put_field(
+        &mut h,
+        match mode {
+            Mode::Test => b"test",
+            Mode::Live => b"live",
+        },
+    );
     put_field(&mut h, service.as_bytes());
     put_field(&mut h, method.as_str().as_bytes());
     put_field(&mut h, path.as_bytes());
@@ -443,14 +460,19 @@ mod tests {
 
     #[test]
     fn scope_parts_cannot_run_into_each_other() {
-        let k = |s: &str, p: &str, key: &str| record_key(s, &Method::POST, p, Key(key));
+        let k = |s: &str, p: &str, key: &str| record_key(Mode::Test, s, &Method::POST, p, Key(key));
         assert_ne!(k("ab", "/c", "k"), k("a", "b/c", "k"));
         assert_ne!(k("a", "/v1/x", "k"), k("a", "/v1/x", "k2"));
         assert_ne!(
-            record_key("a", &Method::POST, "/v1/x", Key("k")),
-            record_key("a", &Method::PUT, "/v1/x", Key("k"))
+            record_key(Mode::Test, "a", &Method::POST, "/v1/x", Key("k")),
+            record_key(Mode::Test, "a", &Method::PUT, "/v1/x", Key("k"))
         );
         assert_eq!(k("a", "/v1/x", "k"), k("a", "/v1/x", "k"));
+        // Test and live never share a record.
+        assert_ne!(
+            record_key(Mode::Test, "a", &Method::POST, "/v1/x", Key("k")),
+            record_key(Mode::Live, "a", &Method::POST, "/v1/x", Key("k"))
+        );
     }
 
     #[test]

@@ -23,7 +23,7 @@ use tokio::time::Sleep;
 use tracing::{debug, info, warn};
 
 use super::{ForwardError, OutboundError, headers};
-use crate::config::IdempotencyConfig;
+use crate::config::{IdempotencyConfig, Mode};
 use crate::gateway::Shared;
 use crate::idempotency::{self, ClaimGuard, Decision, RequestView, StoredResponse};
 use crate::log::MaskedPath;
@@ -45,12 +45,14 @@ pub enum Step {
 /// Validates the key, then claims, waits or replays per `cfg`.
 pub async fn begin(
     shared: &Shared,
+    mode: Mode,
     cfg: &IdempotencyConfig,
     service: &str,
     parts: &Parts,
     body: &Bytes,
 ) -> Result<Step, OutboundError> {
     let view = RequestView {
+        mode,
         service,
         method: &parts.method,
         path: parts.uri.path(),

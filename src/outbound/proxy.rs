@@ -106,8 +106,15 @@ async fn proxy(
     let (mut parts, body) = req.into_parts();
     let body = read_body(body, &parts.headers, cfg.max_body).await?;
     headers::sanitize_request(&mut parts.headers);
-    let claim = match idempotent::begin(shared, &snap.config.idempotency, &cfg.name, &parts, &body)
-        .await?
+    let claim = match idempotent::begin(
+        shared,
+        snap.config.mode,
+        &snap.config.idempotency,
+        &cfg.name,
+        &parts,
+        &body,
+    )
+    .await?
     {
         Step::Replay(resp) => {
             return Ok(Answer {
