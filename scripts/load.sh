@@ -6,7 +6,8 @@
 #
 #   scripts/load.sh                 # proxied GET/POST, 32 and 128 connections
 #   MODE=replay scripts/load.sh     # POSTs with one fixed Idempotency-Key (replays)
-#   STORE=redis MODE=replay ...     # same with the Redis store (needs REDIS_URL)
+#   STORE=redis MODE=replay ...     # same with the Redis store (needs REDIS_URL;
+#                                   # REDIS_CACHE=0B measures a Redis round trip per replay)
 #   LOG_LEVEL=info scripts/load.sh  # default "warn": like the peer's access_log off
 #
 # Env: BENCH (harness dir, default ../shared/bench), BENCH_STATE, PORT (18080),
@@ -28,7 +29,8 @@ printf 'sk_test_bench\n' >"$work/sk"
 redis_line=""
 if [[ $STORE == redis ]]; then
   : "${REDIS_URL:?STORE=redis needs REDIS_URL}"
-  redis_line="redis_url = { env = \"REDIS_URL\" }"
+  redis_line="redis_url = { env = \"REDIS_URL\" }
+redis_cache = \"${REDIS_CACHE:-16MiB}\""
 fi
 cat >"$work/gateway.toml" <<TOML
 mode = "test"
