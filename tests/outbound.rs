@@ -18,6 +18,17 @@ fn basic(key: &str) -> String {
     )
 }
 
+/// A gateway with the one-service config, pointed at an upstream on `port`
+/// (trusting only the harness CA) instead of the harness's own.
+async fn gateway_to(h: &Harness, port: u16) -> support::TestGateway {
+    let cfg = format!(
+        "{}\n{}",
+        support::base_config(port, &h.ca_file),
+        one_service("")
+    );
+    support::start_gateway(&cfg, h.dir.path(), &[("SK_CHECKOUT", SK)]).await
+}
+
 fn one_service(extra: &str) -> String {
     format!(
         r#"
@@ -216,12 +227,7 @@ async fn h2c_callers_are_served_and_upstream_negotiates_h2() {
 async fn upstream_over_http1_only_also_works() {
     let h = Harness::new().await;
     let up = FakeUpstream::start_with_alpn(&h.leaf, &[b"http/1.1"]).await;
-    let cfg = format!(
-        "{}\n{}",
-        support::base_config(up.port(), &h.ca_file),
-        one_service("")
-    );
-    let g = support::start_gateway(&cfg, h.dir.path(), &[("SK_CHECKOUT", SK)]).await;
+    let g = gateway_to(&h, up.port()).await;
     let r = send(
         g.addr("checkout").await,
         "GET",
@@ -243,12 +249,7 @@ async fn untrusted_certificate_is_502_and_no_request_reaches_it() {
     let h = Harness::new().await;
     let rogue = TestCa::new("rogue CA");
     let up = FakeUpstream::start(&rogue.leaf(&["localhost", "127.0.0.1"])).await;
-    let cfg = format!(
-        "{}\n{}",
-        support::base_config(up.port(), &h.ca_file),
-        one_service("")
-    );
-    let g = support::start_gateway(&cfg, h.dir.path(), &[("SK_CHECKOUT", SK)]).await;
+    let g = gateway_to(&h, up.port()).await;
     let r = send(
         g.addr("checkout").await,
         "POST",
@@ -274,12 +275,7 @@ async fn untrusted_certificate_is_502_and_no_request_reaches_it() {
 async fn wrong_hostname_is_502_and_no_request_reaches_it() {
     let h = Harness::new().await;
     let up = FakeUpstream::start(&h.ca.leaf(&["api.other.example"])).await;
-    let cfg = format!(
-        "{}\n{}",
-        support::base_config(up.port(), &h.ca_file),
-        one_service("")
-    );
-    let g = support::start_gateway(&cfg, h.dir.path(), &[("SK_CHECKOUT", SK)]).await;
+    let g = gateway_to(&h, up.port()).await;
     let r = send(
         g.addr("checkout").await,
         "GET",
@@ -302,12 +298,7 @@ async fn upstream_down_is_502() {
         .local_addr()
         .unwrap()
         .port();
-    let cfg = format!(
-        "{}\n{}",
-        support::base_config(port, &h.ca_file),
-        one_service("")
-    );
-    let g = support::start_gateway(&cfg, h.dir.path(), &[("SK_CHECKOUT", SK)]).await;
+    let g = gateway_to(&h, port).await;
     let r = send(
         g.addr("checkout").await,
         "GET",
