@@ -3,20 +3,14 @@
 
 mod support;
 
-use base64::Engine as _;
+use support::client::basic;
+
 use support::client::send_h2c;
 use support::{FakeUpstream, Gate, Harness, Reply, TestCa, send, send_unix};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 const SK: &str = "sk_test_outboundKEY1";
 const SK2: &str = "sk_test_otherSERVICE2";
-
-fn basic(key: &str) -> String {
-    format!(
-        "Basic {}",
-        base64::engine::general_purpose::STANDARD.encode(format!("{key}:"))
-    )
-}
 
 /// A gateway with the one-service config, pointed at an upstream on `port`
 /// (trusting only the harness CA) instead of the harness's own.

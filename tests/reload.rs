@@ -3,10 +3,11 @@
 
 mod support;
 
+use support::client::basic;
+
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use base64::Engine as _;
 use paymongo_gateway::config::Config;
 use paymongo_gateway::gateway::ListenerId;
 use paymongo_gateway::{Gateway, reload};
@@ -16,13 +17,6 @@ use support::{Gate, GatewayProcess, Reply, WAIT, send};
 
 const SK1: &str = "sk_test_reloadKEYone111";
 const SK2: &str = "sk_test_reloadKEYtwo222";
-
-fn basic(key: &str) -> String {
-    format!(
-        "Basic {}",
-        base64::engine::general_purpose::STANDARD.encode(format!("{key}:"))
-    )
-}
 
 fn services(allow: &str) -> String {
     format!(

@@ -39,14 +39,24 @@ impl Resp {
 }
 
 fn request(method: &str, path: &str, headers: &[(&str, &str)], body: &str) -> Request<Full<Bytes>> {
+    build(method, path, "gateway.local", headers, body.as_bytes())
+}
+
+fn build(
+    method: &str,
+    path: &str,
+    host: &str,
+    headers: &[(&str, &str)],
+    body: &[u8],
+) -> Request<Full<Bytes>> {
     let mut b = Request::builder()
         .method(method)
         .uri(path)
-        .header("host", "gateway.local");
+        .header("host", host);
     for (k, v) in headers {
         b = b.header(*k, *v);
     }
-    b.body(Full::new(Bytes::from(body.to_owned()))).unwrap()
+    b.body(Full::new(Bytes::copy_from_slice(body))).unwrap()
 }
 
 async fn over<IO>(io: IO, req: Request<Full<Bytes>>) -> Result<Resp, String>
@@ -88,10 +98,14 @@ pub async fn try_send(
     headers: &[(&str, &str)],
     body: &str,
 ) -> Result<Resp, String> {
+    connect_and_send(addr, request(method, path, headers, body)).await
+}
+
+async fn connect_and_send(addr: SocketAddr, req: Request<Full<Bytes>>) -> Result<Resp, String> {
     let tcp = tokio::net::TcpStream::connect(addr)
         .await
         .map_err(|e| e.to_string())?;
-    over(tcp, request(method, path, headers, body)).await
+    over(tcp, req).await
 }
 
 /// HTTP/1.1 over a Unix socket.
@@ -142,14 +156,7 @@ fn request_bytes(
     headers: &[(&str, &str)],
     body: &[u8],
 ) -> Request<Full<Bytes>> {
-    let mut b = Request::builder()
-        .method(method)
-        .uri(path)
-        .header("host", "localhost");
-    for (k, v) in headers {
-        b = b.header(*k, *v);
-    }
-    b.body(Full::new(Bytes::copy_from_slice(body))).unwrap()
+    build(method, path, "localhost", headers, body)
 }
 
 /// A TLS connection to `addr` that trusts only `ca` and verifies the name
@@ -207,8 +214,15 @@ pub async fn send_bytes(
     headers: &[(&str, &str)],
     body: &[u8],
 ) -> Result<Resp, String> {
-    let tcp = tokio::net::TcpStream::connect(addr)
-        .await
-        .map_err(|e| e.to_string())?;
-    over(tcp, request_bytes(method, path, headers, body)).await
+    connect_and_send(addr, request_bytes(method, path, headers, body)).await
+}
+
+/// The `Authorization` value PayMongo expects for `key`: Basic, key as
+/// username, empty password. Computed independently of the gateway.
+pub fn basic(key: &str) -> String {
+    use base64::Engine as _;
+    format!(
+        "Basic {}",
+        base64::engine::general_purpose::STANDARD.encode(format!("{key}:"))
+    )
 }
